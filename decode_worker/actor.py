@@ -1,0 +1,81 @@
+"""Decode worker process: one engine, one KV transport, one internal gRPC server.
+
+The launcher runs `DecodeWorker` as a Ray actor (`ray.remote(DecodeWorker)`); tests may run it
+in-process. Construction loads the model and starts serving; `stop()` ends the streams, the
+engine and the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from decode_worker.config import DecodeWorkerConfig
+from decode_worker.lease_ack import LeaseAcker
+from decode_worker.scheduler import DecodeScheduler
+from decode_worker.server import DecodeServicer
+from engine.builder import build_engine
+from kv_transfer.factory import make_transport
+from pdserve.v1 import worker_pb2_grpc
+from pdserve.workers import (
+    TransferStats,
+    WorkerIdentity,
+    new_epoch,
+    node_name,
+    own_pid,
+    start_grpc_server,
+    worker_stats_proto,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DecodeWorker:
+    def __init__(self, config: DecodeWorkerConfig, model_dir: str) -> None:
+        torch.set_num_threads(config.engine.num_threads)
+        self._loop, runner = build_engine(config.engine, Path(model_dir), name=config.worker_id)
+        self._transport = make_transport(config.transport, verify_checksum=config.verify_checksum)
+        self._acker = LeaseAcker(config.ack_timeout_s)
+        self._scheduler = DecodeScheduler(
+            self._loop,
+            runner.kv_cache,
+            runner.layout,
+            self._transport,
+            self._acker.ack,
+            transfer_timeout_s=config.transfer_timeout_s,
+            page_wait_s=config.page_wait_s,
+        )
+        servicer = DecodeServicer(self._scheduler, self._stats)
+        self._server, port = start_grpc_server(
+            lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server),
+            config.host,
+            config.port,
+            config.max_grpc_threads,
+        )
+        self._identity = WorkerIdentity(
+            worker_id=config.worker_id,
+            role=config.role,
+            address=f"{config.host}:{port}",
+            epoch=new_epoch(),
+            pid=own_pid(),
+            node=node_name(),
+            layout=runner.layout,
+            transport=config.transport,
+        )
+        log.info("decode worker %s serving on %s", config.worker_id, self._identity.address)
+
+    def identity(self) -> WorkerIdentity:
+        return self._identity
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self._server.stop(grace_s).wait()
+        self._loop.stop()
+        self._acker.close()
+        self._transport.close()
+
+    def _stats(self):
+        engine = self._loop.call(lambda core: core.stats())
+        transfers = TransferStats(transfers_in_flight=self._scheduler.num_transfers_in_flight)
+        return worker_stats_proto(self._identity, engine, transfers)

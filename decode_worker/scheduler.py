@@ -1,0 +1,142 @@
+"""Decode worker: the life of one request, in order.
+
+  1. waiting_for_kv  a Decode RPC with a handle: pages for the prompt's KV are allocated,
+                     waiting up to `page_wait_s` while the pool is full.
+  2. transferring    the transport pulls the handle's pages into them, on the RPC's thread;
+                     the engine keeps stepping the running batch meanwhile.
+  3. acked           ReleaseLease to the prefill worker, which unpins its copy.
+  4. running         the engine adopts the request with num_computed_tokens = the handle's
+                     token count and token #1 as its first output: continuous batching from
+                     here, recompute preemption if pages run out.
+  5. finished        stop token, EOS, max_tokens or the context limit; pages freed, the
+                     stream ends.
+A colocated request (no handle) skips 1–3 and is prefilled here from the engine's waiting
+queue. A failed or timed-out transfer frees its pages unused, still acks (so the prefill side
+unpins), and fails the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from decode_worker.streams import OutputStream
+from engine.loop import EngineLoop
+from engine.request import Request, SamplingParams
+from kv_transfer.pages import KVHandle, KVLayout
+from kv_transfer.transport import KVTransport
+
+_PAGE_RETRY_S = 0.01
+
+
+class NoPagesForKV(RuntimeError):
+    """The pool stayed full for longer than the arrival may wait."""
+
+
+class IncompatibleHandle(ValueError):
+    """The handle's layout or size does not match this worker or the prompt."""
+
+
+class DecodeScheduler:
+    def __init__(
+        self,
+        loop: EngineLoop,
+        kv_cache: torch.Tensor,
+        layout: KVLayout,
+        transport: KVTransport,
+        ack: Callable[[str, str], bool],
+        *,
+        transfer_timeout_s: float,
+        page_wait_s: float,
+    ) -> None:
+        self._loop = loop
+        self._kv_cache = kv_cache
+        self._layout = layout
+        self._transport = transport
+        self._ack = ack
+        self._transfer_timeout_s = transfer_timeout_s
+        self._page_wait_s = page_wait_s
+        self.num_transfers_in_flight = 0  # approximate (read for stats only)
+
+    def start_colocated(
+        self, request_id: str, prompt: list[int], sampling: SamplingParams
+    ) -> OutputStream:
+        stream = OutputStream()
+        self._loop.submit(Request(request_id, prompt, sampling), stream.put)
+        return stream
+
+    def start_handoff(
+        self,
+        request_id: str,
+        prompt: list[int],
+        sampling: SamplingParams,
+        first_token_id: int,
+        handle: KVHandle,
+        src_address: str,
+    ) -> tuple[OutputStream, float]:
+        """Runs steps 1–4; returns the stream and the transfer's seconds.
+
+        Raises IncompatibleHandle, NoPagesForKV or TransferError (pages already freed).
+        """
+        self._check(handle, len(prompt))
+        try:
+            page_ids = self._allocate(len(handle.page_ids))
+            transfer_s = self._fetch(handle, page_ids)
+        finally:
+            self._ack(src_address, handle.transfer_id)
+        req = Request(
+            request_id,
+            prompt,
+            sampling,
+            output_token_ids=[first_token_id],
+            num_computed_tokens=handle.num_tokens,
+            page_ids=page_ids,
+        )
+        stream = OutputStream()
+        self._loop.submit(req, stream.put, running=True)
+        return stream, transfer_s
+
+    def abort(self, request_id: str) -> None:
+        self._loop.abort_soon(request_id)
+
+    def _check(self, handle: KVHandle, prompt_len: int) -> None:
+        if handle.layout != self._layout:
+            raise IncompatibleHandle(
+                f"handle.layout: {handle.layout} != this worker's {self._layout}"
+            )
+        if handle.num_tokens != prompt_len:
+            raise IncompatibleHandle(
+                f"handle.num_tokens: {handle.num_tokens} != prompt length {prompt_len}"
+            )
+        if len(handle.page_ids) != self._layout.num_pages_for(prompt_len):
+            raise IncompatibleHandle(
+                f"handle.page_ids: {len(handle.page_ids)} pages for {prompt_len} tokens"
+            )
+
+    def _allocate(self, num_pages: int) -> list[int]:
+        deadline = time.monotonic() + self._page_wait_s
+        while True:
+            page_ids = self._loop.call(
+                lambda core: (
+                    core.pool.allocate(num_pages) if core.pool.can_allocate(num_pages) else None
+                )
+            )
+            if page_ids is not None:
+                return page_ids
+            if time.monotonic() >= deadline:
+                raise NoPagesForKV(f"{num_pages} pages not free within {self._page_wait_s} s")
+            time.sleep(_PAGE_RETRY_S)
+
+    def _fetch(self, handle: KVHandle, page_ids: list[int]) -> float:
+        started = time.monotonic()
+        self.num_transfers_in_flight += 1
+        try:
+            self._transport.fetch(handle, self._kv_cache, page_ids, self._transfer_timeout_s)
+        except BaseException:
+            self._loop.post(lambda core: core.pool.free(page_ids))
+            raise
+        finally:
+            self.num_transfers_in_flight -= 1
+        return time.monotonic() - started

@@ -1,0 +1,96 @@
+"""The decode worker's internal gRPC edge: protobuf in, dataclasses inside."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from decode_worker.scheduler import DecodeScheduler, IncompatibleHandle, NoPagesForKV
+from decode_worker.streams import OutputStream, StreamEvent, StreamTimeout
+from engine.request import RequestStatus
+from kv_transfer.transport import TransferError
+from kv_transfer.wire import handle_from_proto
+from pdserve.v1 import worker_pb2, worker_pb2_grpc
+from pdserve.workers import sampling_from_proto
+
+# Without a client deadline a stream still ends: nothing waits forever.
+DEFAULT_TIMEOUT_S = 3600.0
+
+_FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
+class DecodeServicer(worker_pb2_grpc.WorkerServicer):
+    """Serves Decode (handed-off or colocated), Abort and GetStats."""
+
+    def __init__(
+        self, scheduler: DecodeScheduler, stats: Callable[[], worker_pb2.WorkerStats]
+    ) -> None:
+        self._scheduler = scheduler
+        self._stats = stats
+
+    def Decode(
+        self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext
+    ) -> Iterator[worker_pb2.DecodeChunk]:
+        request_id = request.request_id
+        deadline_s = time.monotonic() + (context.time_remaining() or DEFAULT_TIMEOUT_S)
+        context.add_callback(lambda: self._scheduler.abort(request_id))  # no-op once finished
+        stream, transfer_s = self._start(request, context)
+        try:
+            for batch in stream.batches(deadline_s, context.is_active):
+                yield _chunk(batch, transfer_s)
+                transfer_s = 0.0
+        except StreamTimeout:
+            self._scheduler.abort(request_id)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"decode of {request_id} timed out")
+
+    def _start(
+        self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext
+    ) -> tuple[OutputStream, float]:
+        prompt = list(request.prompt_token_ids)
+        sampling = sampling_from_proto(request.sampling)
+        if not request.HasField("handle"):
+            return self._scheduler.start_colocated(request.request_id, prompt, sampling), 0.0
+        try:
+            handle = handle_from_proto(request.handle)
+            return self._scheduler.start_handoff(
+                request.request_id,
+                prompt,
+                sampling,
+                request.first_token_id,
+                handle,
+                request.src_address,
+            )
+        except (IncompatibleHandle, ValueError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV_HANDLE_INVALID: {exc}")
+        except NoPagesForKV as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"KV_PAGES_EXHAUSTED: {exc}")
+        except TransferError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"KV_TRANSFER_FAILED: {exc}")
+
+    def Abort(self, request: worker_pb2.WorkerAbortRequest, context: grpc.ServicerContext):
+        self._scheduler.abort(request.request_id)
+        return worker_pb2.WorkerAbortResponse(found=True)
+
+    def GetStats(self, request: worker_pb2.GetStatsRequest, context: grpc.ServicerContext):
+        return self._stats()
+
+
+def _chunk(batch: list[StreamEvent], transfer_s: float) -> worker_pb2.DecodeChunk:
+    last = batch[-1]
+    finished = last.status.is_finished
+    return worker_pb2.DecodeChunk(
+        token_ids=[token for event in batch for token in event.token_ids],
+        finished=finished,
+        finish_reason=_FINISH_REASONS.get(last.status, "") if finished else "",
+        stop_token_id=last.stop_token_id if last.stop_token_id is not None else -1,
+        kv_transfer_s=transfer_s,
+        cached_prompt_tokens=last.num_cached_tokens,
+        queue_s=last.queue_s,
+        prefill_s=last.prefill_s,
+    )

@@ -1,0 +1,1 @@
+"""The model engine shared by prefill and decode workers."""

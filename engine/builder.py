@@ -1,0 +1,77 @@
+"""Builds a worker's engine from its configuration: runner, page pool, scheduler, loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.config import ModelConfig
+from engine.core import EngineCore
+from engine.loop import EngineLoop
+from engine.page_pool import PagePool
+from engine.runner import ModelRunner
+from engine.scheduler import SchedulerConfig
+
+DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "pdserve" / "models"
+
+
+class EngineConfig(BaseModel):
+    """Engine settings shared by every worker role."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(
+        "smollm2-135m", description="Alias, local HF directory, .gguf file or cached HF id."
+    )
+    model_cache_dir: Path = Field(
+        DEFAULT_MODEL_CACHE, description="Where converted models are kept."
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Weights and KV cache dtype."
+    )
+    page_size: int = Field(16, ge=1, le=1024, description="Tokens per KV page.")
+    kv_cache_mib: int = Field(
+        512, ge=1, description="KV cache size; the page count derives from it."
+    )
+    max_num_seqs: int = Field(64, ge=1, description="Running requests per step.")
+    max_num_batched_tokens: int = Field(
+        512, ge=1, description="Token budget per step (chunked prefill)."
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse cached full pages of equal prefixes."
+    )
+    num_threads: int = Field(1, ge=1, description="torch intra-op threads of this worker.")
+    attention: Literal["torch"] = Field("torch", description="Attention backend.")
+
+    def num_pages(self, model: ModelConfig) -> int:
+        return self.kv_cache_mib * 2**20 // model.kv_layout(self.page_size, self.dtype).page_nbytes
+
+    def check_fits(self, model: ModelConfig) -> None:
+        """One request of the model's full context must fit in the pool, or it could never run."""
+        capacity = self.num_pages(model) * self.page_size
+        if capacity < model.max_position_embeddings:
+            raise ValueError(
+                f"kv_cache_mib: {self.kv_cache_mib} MiB holds {capacity} tokens, less than the "
+                f"model's context of {model.max_position_embeddings}"
+            )
+
+
+def build_engine(
+    config: EngineConfig, model_dir: Path, name: str
+) -> tuple[EngineLoop, ModelRunner]:
+    """Loads the model and returns a started engine loop and its runner (for the KV tensor)."""
+    model = ModelConfig.from_dir(model_dir)
+    config.check_fits(model)
+    num_pages = config.num_pages(model)
+    runner = ModelRunner(model_dir, config.dtype, num_pages, config.page_size, config.attention)
+    pool = PagePool(num_pages, config.page_size)
+    scheduler_config = SchedulerConfig(
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        enable_prefix_caching=config.enable_prefix_caching,
+    )
+    loop = EngineLoop(EngineCore(runner, pool, scheduler_config), name=name)
+    loop.start()
+    return loop, runner

@@ -1,0 +1,69 @@
+"""One engine's model, weights and KV cache: turns a ForwardBatch into next-token logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.attention import get_attention_backend
+from engine.batch import ForwardBatch
+from engine.config import ModelConfig
+from engine.model import CausalLM
+from engine.weights import load_state_dict
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelRunner:
+    """Owns the model and the KV cache; `kv_cache` is exposed for transfers.
+
+    kv_cache: [num_pages, num_layers, 2 (K, V), page_size, num_kv_heads, head_dim], zeros at
+    start. Which pages hold what is the caller's business (its page pool): execute() writes
+    exactly the slots a batch names. Not thread-safe; the caller sets torch's thread count.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        dtype: str,
+        num_pages: int,
+        page_size: int,
+        attention: str = "torch",
+        device: str = "cpu",
+    ) -> None:
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
+        torch_dtype = TORCH_DTYPES[dtype]
+        self.config = ModelConfig.from_dir(Path(model_dir))
+        self.layout = self.config.kv_layout(page_size, dtype)
+        self.attention = get_attention_backend(attention)
+        with torch.device("meta"):  # weights are assigned below: skip the random init
+            self.model = CausalLM(self.config, torch_dtype)
+        self.model.load_hf_weights(_load_to(model_dir, torch_dtype, torch.device(device)))
+        self.model.eval()
+        layout = self.layout
+        self.kv_cache = torch.zeros(
+            (num_pages, layout.num_layers, 2, page_size, layout.num_kv_heads, layout.head_dim),
+            dtype=torch_dtype,
+            device=device,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.kv_cache.device
+
+    def execute(self, batch: ForwardBatch) -> torch.Tensor:
+        """Runs one step and writes its tokens' K/V into kv_cache at batch.slot_mapping.
+
+        # returns: [num_seqs, vocab_size] float32 logits of each sequence's last token
+        """
+        with torch.inference_mode():
+            return self.model(batch, self.kv_cache, self.attention)
+
+
+def _load_to(
+    model_dir: Path, dtype: torch.dtype, device: torch.device
+) -> dict[str, torch.Tensor]:
+    state = load_state_dict(Path(model_dir), dtype)
+    return {name: t.to(device) for name, t in state.items()}

@@ -1,0 +1,1 @@
+"""KV-cache page handoff between prefill and decode workers."""

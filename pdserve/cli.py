@@ -1,0 +1,195 @@
+"""`pdserve` command line: up, generate, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from pdserve import client
+from pdserve.v1 import generation_pb2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdserve", description="Disaggregated prefill/decode LLM serving."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_up(commands.add_parser("up", help="start a local cluster and serve until Ctrl-C"))
+    _add_generate(commands.add_parser("generate", help="stream one completion to stdout"))
+    _add_status(commands.add_parser("status", help="show every worker's state"))
+    return parser
+
+
+def _add_up(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file of cluster settings")
+    parser.add_argument("--model", help="alias (smollm2-135m, tiny), HF directory or .gguf file")
+    parser.add_argument(
+        "--prefill", dest="num_prefill", type=int, help="prefill workers (default 1)"
+    )
+    parser.add_argument("--decode", dest="num_decode", type=int, help="decode workers (default 1)")
+    parser.add_argument(
+        "--colocated", dest="num_colocated", type=int, help="workers of role both (default 0)"
+    )
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"])
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--page-size", dest="page_size", type=int)
+    parser.add_argument("--kv-cache-mib", dest="kv_cache_mib", type=int)
+    parser.add_argument("--threads-per-worker", dest="threads_per_worker", type=int)
+    parser.add_argument("--transport", choices=["shm", "gloo", "local", "cuda_ipc", "nccl"])
+    parser.set_defaults(run=_run_up)
+
+
+def _add_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    parser.add_argument("--max-tokens", dest="max_tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", dest="top_p", type=float)
+    parser.add_argument("--top-k", dest="top_k", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--stop", action="append", help="stop string (repeatable)")
+    parser.add_argument("--ignore-eos", dest="ignore_eos", action="store_true")
+    parser.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds")
+    parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
+    parser.set_defaults(run=_run_generate)
+
+
+def _add_status(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
+    parser.set_defaults(run=_run_status)
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from pdserve.config import ClusterConfig
+    from pdserve.launch import serve_forever
+
+    flags = {key: value for key, value in vars(args).items() if key not in ("run", "config")}
+    try:
+        config = ClusterConfig.load(args.config, **flags)
+    except ValueError as exc:
+        print(f"pdserve up: {exc}", file=sys.stderr)
+        return 2
+    return serve_forever(config)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    request = client.prompt_request(
+        args.prompt,
+        chat=args.chat,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=args.stop,
+        ignore_eos=args.ignore_eos or None,
+    )
+    channel, stub = client.connect(args.address)
+    try:
+        completion = _print_stream(stub, request, args.timeout)
+    except grpc.RpcError as exc:
+        print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    _print_figures(completion)
+    return 0
+
+
+def _print_stream(
+    stub, request: generation_pb2.GenerateRequest, timeout_s: float
+) -> client.Completion:
+    completion = client.Completion()
+    for response in stub.Generate(request, timeout=timeout_s):
+        completion.add(response)
+        if response.HasField("chunk"):
+            sys.stdout.write(response.chunk.text)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return completion
+
+
+def _print_figures(completion: client.Completion) -> None:
+    final = completion.final
+    ttft = f"{completion.ttft_s * 1e3:.1f} ms" if completion.ttft_s is not None else "-"
+    tpot = f"{completion.tpot_s * 1e3:.1f} ms" if completion.tpot_s is not None else "-"
+    reason = generation_pb2.FinishReason.Name(final.finish_reason) if final else "-"
+    usage = final.usage if final else None
+    print(
+        f"[ttft {ttft} · tpot {tpot} · {len(completion.token_ids)} tokens · {reason}"
+        + (
+            f" · prompt {usage.prompt_tokens} (cached {usage.cached_prompt_tokens})"
+            if usage
+            else ""
+        )
+        + (
+            f" · {final.prefill_worker_id or final.decode_worker_id} → {final.decode_worker_id}"
+            if final
+            else ""
+        )
+        + "]",
+        file=sys.stderr,
+    )
+
+
+_STATUS_COLUMNS = (
+    "worker_id",
+    "role",
+    "pid",
+    "node",
+    "epoch",
+    "alive",
+    "pages_in_use",
+    "pages_total",
+    "queue_len",
+    "running",
+    "leases_outstanding",
+    "transfers_in_flight",
+    "integrity_ok",
+)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    channel, stub = client.connect(args.address)
+    try:
+        info = stub.GetServerInfo(generation_pb2.GetServerInfoRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    if args.json:
+        print(json.dumps(MessageToDict(info, always_print_fields_with_no_presence=True), indent=2))
+        return 0
+    _print_status_table(info)
+    return 0
+
+
+def _print_status_table(info: generation_pb2.ServerInfo) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"pdserve {info.version} · {info.model} · {info.requests_in_flight} in flight"
+    )
+    for column in _STATUS_COLUMNS:
+        table.add_column(column)
+    for worker in info.workers:
+        table.add_row(*(str(getattr(worker, column)) for column in _STATUS_COLUMNS))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

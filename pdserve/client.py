@@ -1,0 +1,74 @@
+"""A small synchronous client of the public API, used by the CLI, the demo and tests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from pdserve.v1 import generation_pb2, generation_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+@dataclass(slots=True)
+class Completion:
+    """What one Generate call returned, with latencies measured from `started_s`."""
+
+    started_s: float = field(default_factory=time.monotonic)
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    final: generation_pb2.Final | None = None
+    token_times_s: list[float] = field(default_factory=list)  # since started_s, one per token
+
+    def add(self, response: generation_pb2.GenerateResponse) -> None:
+        if response.HasField("final"):
+            self.final = response.final
+            return
+        now = time.monotonic() - self.started_s
+        self.token_ids += response.chunk.token_ids
+        self.token_times_s += [now] * len(response.chunk.token_ids)
+        self.text += response.chunk.text
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.token_times_s[0] if self.token_times_s else None
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (None with fewer than two)."""
+        if len(self.token_times_s) < 2:
+            return None
+        return (self.token_times_s[-1] - self.token_times_s[0]) / (len(self.token_times_s) - 1)
+
+
+def prompt_request(
+    prompt: str, *, chat: bool = False, **sampling
+) -> generation_pb2.GenerateRequest:
+    params = generation_pb2.SamplingParams(**{k: v for k, v in sampling.items() if v is not None})
+    if chat:
+        message = generation_pb2.ChatMessage(role="user", content=prompt)
+        return generation_pb2.GenerateRequest(
+            chat=generation_pb2.ChatInput(messages=[message]), sampling=params
+        )
+    return generation_pb2.GenerateRequest(prompt=prompt, sampling=params)
+
+
+def generate(
+    stub: generation_pb2_grpc.GenerationStub,
+    request: generation_pb2.GenerateRequest,
+    timeout_s: float | None = None,
+) -> Completion:
+    """Runs one request to its end; raises grpc.RpcError with the server's status."""
+    completion = Completion()
+    for response in stub.Generate(request, timeout=timeout_s):
+        completion.add(response)
+    return completion
+
+
+def connect(
+    address: str = DEFAULT_ADDRESS,
+) -> tuple[grpc.Channel, generation_pb2_grpc.GenerationStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, generation_pb2_grpc.GenerationStub(channel)

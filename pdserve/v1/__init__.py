@@ -1,0 +1,1 @@
+"""Generated stubs of the pdserve.v1 API (regenerate with `python -m pdserve.protogen`)."""

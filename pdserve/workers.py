@@ -1,0 +1,109 @@
+"""What both worker roles share at their edge: identity, stats message, gRPC server start.
+
+Both worker packages import this module; they never import each other.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from engine.core import EngineStats
+from engine.request import SamplingParams
+from kv_transfer.pages import KVLayout, Role, TransportBackend
+from kv_transfer.wire import layout_to_proto
+from pdserve.v1 import generation_pb2, worker_pb2
+
+# Internal messages carry KV handles, never KV bytes, but prompts can be long.
+MAX_MESSAGE_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerIdentity:
+    """Who a worker is; a restarted worker gets a new epoch."""
+
+    worker_id: str
+    role: Role
+    address: str
+    epoch: int
+    pid: int
+    node: str
+    layout: KVLayout
+    transport: TransportBackend
+
+
+def new_epoch() -> int:
+    return time.time_ns()
+
+
+def node_name() -> str:
+    return socket.gethostname()
+
+
+def own_pid() -> int:
+    return os.getpid()
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStats:
+    leases_outstanding: int = 0
+    transfers_in_flight: int = 0
+
+
+def worker_stats_proto(
+    identity: WorkerIdentity, engine: EngineStats, transfers: TransferStats
+) -> worker_pb2.WorkerStats:
+    info = generation_pb2.WorkerInfo(
+        worker_id=identity.worker_id,
+        role=identity.role.value,
+        address=identity.address,
+        pid=identity.pid,
+        node=identity.node,
+        epoch=identity.epoch,
+        alive=True,
+        pages_in_use=engine.num_pages_in_use + engine.num_pages_cached,
+        pages_total=engine.num_pages_total,
+        queue_len=engine.num_waiting,
+        running=engine.num_running,
+        leases_outstanding=transfers.leases_outstanding,
+        transfers_in_flight=transfers.transfers_in_flight,
+        request_pages=engine.num_pages_in_use,
+        integrity_ok=engine.integrity_ok,
+        transport=identity.transport.value,
+    )
+    return worker_pb2.WorkerStats(info=info, layout=layout_to_proto(identity.layout))
+
+
+def sampling_from_proto(msg: worker_pb2.WorkerSampling) -> SamplingParams:
+    """The router validated these values; the worker takes them as they are."""
+    return SamplingParams(
+        temperature=msg.temperature,
+        top_p=msg.top_p,
+        top_k=msg.top_k,
+        seed=msg.seed if msg.has_seed else None,
+        max_tokens=msg.max_tokens,
+        stop_token_ids=tuple(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+    )
+
+
+def start_grpc_server(register, host: str, port: int, max_workers: int) -> tuple[grpc.Server, int]:
+    """Starts a threaded gRPC server; `register(server)` adds the servicers. Returns the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    register(server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"port: cannot bind {host}:{port}")
+    server.start()
+    return server, bound

@@ -1,0 +1,82 @@
+"""Prefill worker process: one engine, one KV transport, one internal gRPC server.
+
+The launcher runs `PrefillWorker` as a Ray actor (`ray.remote(PrefillWorker)`); tests may run
+it in-process. Construction loads the model and starts serving; `stop()` releases every lease
+and export, stops the engine and the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from engine.builder import build_engine
+from kv_transfer.factory import make_transport
+from kv_transfer.pages import Role
+from pdserve.v1 import worker_pb2_grpc
+from pdserve.workers import (
+    TransferStats,
+    WorkerIdentity,
+    new_epoch,
+    node_name,
+    own_pid,
+    start_grpc_server,
+    worker_stats_proto,
+)
+from prefill_worker.config import PrefillWorkerConfig
+from prefill_worker.leases import LeaseTable
+from prefill_worker.scheduler import HandleSource, PrefillScheduler
+from prefill_worker.server import PrefillServicer
+
+log = logging.getLogger(__name__)
+
+
+class PrefillWorker:
+    def __init__(self, config: PrefillWorkerConfig, model_dir: str) -> None:
+        torch.set_num_threads(config.engine.num_threads)
+        self._loop, runner = build_engine(config.engine, Path(model_dir), name=config.worker_id)
+        self._transport = make_transport(config.transport, verify_checksum=config.verify_checksum)
+        self._leases = LeaseTable(self._transport, self._free_pages)
+        self._loop.add_periodic(lambda core: self._leases.expire())
+        epoch = new_epoch()
+        source = HandleSource(config.worker_id, epoch, runner.layout, config.lease_ttl_s)
+        scheduler = PrefillScheduler(
+            self._loop, runner.kv_cache, self._transport, self._leases, source
+        )
+        servicer = PrefillServicer(scheduler, self._leases, self._stats)
+        self._server, port = start_grpc_server(
+            lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server),
+            config.host,
+            config.port,
+            config.max_grpc_threads,
+        )
+        self._identity = WorkerIdentity(
+            worker_id=config.worker_id,
+            role=Role.PREFILL,
+            address=f"{config.host}:{port}",
+            epoch=epoch,
+            pid=own_pid(),
+            node=node_name(),
+            layout=runner.layout,
+            transport=config.transport,
+        )
+        log.info("prefill worker %s serving on %s", config.worker_id, self._identity.address)
+
+    def identity(self) -> WorkerIdentity:
+        return self._identity
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self._server.stop(grace_s).wait()
+        self._leases.release_all()
+        self._loop.stop()
+        self._transport.close()
+
+    def _free_pages(self, page_ids: list[int]) -> None:
+        self._loop.post(lambda core: core.pool.free(page_ids))
+
+    def _stats(self):
+        engine = self._loop.call(lambda core: core.stats())
+        transfers = TransferStats(len(self._leases), self._transport.num_exported())
+        return worker_stats_proto(self._identity, engine, transfers)

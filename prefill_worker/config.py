@@ -1,0 +1,24 @@
+"""Prefill worker configuration (built once by the launcher, read-only afterwards)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.builder import EngineConfig
+from kv_transfer.pages import TransportBackend
+
+
+class PrefillWorkerConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PDSERVE_PREFILL_", frozen=True, extra="forbid")
+
+    worker_id: str = Field("prefill-0", description="Unique worker name in the cluster.")
+    host: str = Field("127.0.0.1", description="Address the internal gRPC server binds.")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    transport: TransportBackend = Field(TransportBackend.SHM, description="KV export backend.")
+    verify_checksum: bool = Field(True, description="Checksum every exported KV buffer.")
+    lease_ttl_s: float = Field(
+        30.0, gt=0, description="How long handed-off pages stay pinned unacked."
+    )
+    max_grpc_threads: int = Field(64, ge=4, description="Concurrent internal RPCs.")

@@ -1,0 +1,72 @@
+"""The prefill worker's internal gRPC edge: protobuf in, dataclasses inside."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from kv_transfer.transport import TransferError
+from kv_transfer.wire import handle_to_proto
+from pdserve.v1 import worker_pb2, worker_pb2_grpc
+from pdserve.workers import sampling_from_proto
+from prefill_worker.leases import LeaseTable
+from prefill_worker.scheduler import PrefillAborted, PrefillScheduler
+
+log = logging.getLogger(__name__)
+
+# Without a client deadline a prefill still ends: nothing waits forever.
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class PrefillServicer(worker_pb2_grpc.WorkerServicer):
+    """Serves Prefill, ReleaseLease, Abort and GetStats; Decode is not this role's."""
+
+    def __init__(
+        self,
+        scheduler: PrefillScheduler,
+        leases: LeaseTable,
+        stats: Callable[[], worker_pb2.WorkerStats],
+    ) -> None:
+        self._scheduler = scheduler
+        self._leases = leases
+        self._stats = stats
+
+    def Prefill(self, request: worker_pb2.PrefillRequest, context: grpc.ServicerContext):
+        request_id = request.request_id
+        context.add_callback(lambda: self._scheduler.abort(request_id))  # no-op once finished
+        timeout_s = context.time_remaining() or DEFAULT_TIMEOUT_S
+        try:
+            result = self._scheduler.prefill(
+                request_id,
+                list(request.prompt_token_ids),
+                sampling_from_proto(request.sampling),
+                timeout_s,
+            )
+        except TimeoutError:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"prefill of {request_id} timed out")
+        except PrefillAborted:
+            context.abort(grpc.StatusCode.CANCELLED, f"prefill of {request_id} aborted")
+        except TransferError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"KV_EXPORT_FAILED: {exc}")
+        if result.handle is not None and not context.is_active():
+            self._leases.release(result.handle.transfer_id)  # the caller is gone: unpin now
+        return worker_pb2.PrefillResponse(
+            first_token_id=result.first_token_id,
+            handle=handle_to_proto(result.handle) if result.handle else None,
+            finished=result.finished,
+            cached_prompt_tokens=result.num_cached_tokens,
+            queue_s=result.queue_s,
+            prefill_s=result.prefill_s,
+        )
+
+    def ReleaseLease(self, request: worker_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext):
+        return worker_pb2.ReleaseLeaseResponse(released=self._leases.release(request.transfer_id))
+
+    def Abort(self, request: worker_pb2.WorkerAbortRequest, context: grpc.ServicerContext):
+        self._scheduler.abort(request.request_id)
+        return worker_pb2.WorkerAbortResponse(found=True)
+
+    def GetStats(self, request: worker_pb2.GetStatsRequest, context: grpc.ServicerContext):
+        return self._stats()

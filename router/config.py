@@ -1,0 +1,98 @@
+"""The router's configuration: read once (flags/env `PDSERVE_ROUTER_*`) into a frozen object.
+
+Nothing below the entry point reads the environment; modules receive this object or the
+small derived views (`policy`, `limits`) they need.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 2**20
+
+
+class PolicyName(enum.StrEnum):
+    LEAST_LOAD = "least_load"
+    ROUND_ROBIN = "round_robin"
+
+
+class RouterConfig(BaseSettings):
+    """Every knob of the router process. Cross-checked at construction."""
+
+    model_config = SettingsConfigDict(env_prefix="PDSERVE_ROUTER_", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface the public gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="Public gRPC port; 0 = ephemeral.")
+    model_name: str = Field(
+        "", description="Name clients may put in GenerateRequest.model; empty = model_dir's name."
+    )
+    model_dir: Path = Field(
+        description="Converted HF-format model dir: tokenizer.json, tokenizer_config.json, "
+        "config.json."
+    )
+    max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request sets none.")
+    max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask.")
+    max_prompt_bytes: int = Field(
+        MIB,
+        ge=1,
+        description="Largest prompt (or chat content) in UTF-8 bytes; beyond it the "
+        "request is INVALID_ARGUMENT on `prompt`.",
+    )
+    grpc_max_message_bytes: int = Field(
+        8 * MIB,
+        ge=1,
+        description="Hard cap on any gRPC message; larger ones are rejected by "
+        "gRPC itself (RESOURCE_EXHAUSTED). Must exceed max_prompt_bytes.",
+    )
+    max_stop_strings: int = Field(16, ge=0, description="Most stop strings per request.")
+    max_stop_len: int = Field(256, ge=1, description="Longest stop string, in characters.")
+    max_stop_token_ids: int = Field(64, ge=0, description="Most stop token ids per request.")
+    colocate_threshold_tokens: int = Field(
+        32, ge=0, description="Prompts at most this long go to a `both` worker when one exists."
+    )
+    routing_policy: PolicyName = Field(
+        PolicyName.LEAST_LOAD, description="How a worker (pair) is picked among the eligible."
+    )
+    stats_poll_period_s: float = Field(1.0, gt=0, description="GetStats period per worker.")
+    worker_dead_after_failures: int = Field(
+        3, ge=1, description="Consecutive failed GetStats polls before a worker is marked dead."
+    )
+    control_rpc_timeout_s: float = Field(
+        2.0, gt=0, description="Timeout of GetStats, Abort and ReleaseLease calls to workers."
+    )
+    prefill_timeout_s: float = Field(
+        120.0, gt=0, description="Longest Prefill call when the client set no shorter deadline."
+    )
+    decode_timeout_s: float = Field(
+        1800.0, gt=0, description="Longest Decode stream when the client set no shorter deadline."
+    )
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="Requests in flight at once; beyond it RESOURCE_EXHAUSTED."
+    )
+    overload_retry_after_s: float = Field(
+        0.5, gt=0, description="Retry hint (RetryInfo) sent with RESOURCE_EXHAUSTED."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="How long `serve` lets streams finish on shutdown."
+    )
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> RouterConfig:
+        if self.max_tokens_default > self.max_tokens_limit:
+            raise ValueError("max_tokens_default must be <= max_tokens_limit")
+        if self.max_prompt_bytes >= self.grpc_max_message_bytes:
+            raise ValueError("grpc_max_message_bytes must exceed max_prompt_bytes")
+        return self
+
+    @property
+    def served_model(self) -> str:
+        """The model name this router serves and reports."""
+        return self.model_name or self.model_dir.name
+
+    @property
+    def bind_address(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,104 @@
+"""Liveness and load of the registered workers, from periodic GetStats polls.
+
+Each round polls every known worker at once. A reply updates the worker's load and marks
+it alive; a reply from a newer epoch of the same worker (it restarted at the same address)
+re-registers it; `dead_after_failures` consecutive failures (no reply, or a reply from
+something else at that address) mark it dead, which takes it out of routing until a later
+reply revives it. After every round `on_round` receives the snapshot (health uses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from router.errors import RouterError
+from router.registry import WorkerRecord, WorkerRegistry
+from router.worker_client import WorkerClients
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[list[WorkerRecord]], Awaitable[None]]
+
+
+class WorkerMonitor:
+    """Owns the per-worker failure counters and the polling task."""
+
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        clients: WorkerClients,
+        period_s: float,
+        dead_after_failures: int,
+        rpc_timeout_s: float,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        self._registry = registry
+        self._clients = clients
+        self._period_s = period_s
+        self._dead_after = dead_after_failures
+        self._timeout_s = rpc_timeout_s
+        self._on_round = on_round
+        self._failures: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def discover(self, address: str) -> WorkerRecord:
+        """Asks the worker at `address` who it is and registers it; returns the record.
+
+        Raises WorkerUnavailable (or DeadlineExceeded) when it does not answer.
+        """
+        record = await self._clients.get_stats(address, self._timeout_s)
+        await self._registry.register(record)
+        return record
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="worker-monitor")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def poll_once(self) -> list[WorkerRecord]:
+        """One round over every registered worker; returns the snapshot after it."""
+        workers = await self._registry.list_workers()
+        await asyncio.gather(*(self._poll(worker) for worker in workers))
+        known = {worker.worker_id for worker in workers}
+        self._failures = {key: n for key, n in self._failures.items() if key in known}
+        snapshot = await self._registry.list_workers()
+        if self._on_round is not None:
+            await self._on_round(snapshot)
+        return snapshot
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # a bad round must not end monitoring
+                log.exception("worker monitor round failed")
+            await asyncio.sleep(self._period_s)
+
+    async def _poll(self, worker: WorkerRecord) -> None:
+        try:
+            reported = await self._clients.get_stats(worker.address, self._timeout_s)
+        except RouterError:
+            await self._count_failure(worker)
+            return
+        if reported.worker_id != worker.worker_id or reported.epoch < worker.epoch:
+            await self._count_failure(worker)
+        elif reported.epoch > worker.epoch:
+            self._failures.pop(worker.worker_id, None)
+            await self._registry.register(reported)
+        else:
+            self._failures.pop(worker.worker_id, None)
+            await self._registry.update_load(worker.worker_id, worker.epoch, reported.load)
+
+    async def _count_failure(self, worker: WorkerRecord) -> None:
+        failures = self._failures.get(worker.worker_id, 0) + 1
+        self._failures[worker.worker_id] = failures
+        if failures >= self._dead_after and worker.alive:
+            log.warning("worker %s at %s marked dead", worker.worker_id, worker.address)
+            await self._registry.mark_dead(worker.worker_id, worker.epoch)

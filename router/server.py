@@ -1,0 +1,251 @@
+"""The router's public gRPC server: pdserve.v1.Generation, grpc.health.v1 and reflection.
+
+Generate, for one request:
+    decode bytes -> RawRequest -> validate (+ tokenize, off the event loop) -> admit into the
+    RequestTable (cap, unique id) -> Orchestrator.run, each event written as it comes ->
+    exactly one terminal status: OK after the Final message, or the error's status.
+No worker is called before the request is valid and admitted. Health is SERVING while
+some route exists (see policy.has_route) and NOT_SERVING once shutdown begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+import pdserve
+from engine.config import ModelConfig
+from pdserve.v1 import generation_pb2
+from router import api_proto
+from router.config import RouterConfig
+from router.errors import Cancelled, InvalidArgument, RouterError, internal_status, to_status
+from router.events import RequestClock, StreamEvent
+from router.monitor import WorkerMonitor
+from router.orchestrator import Orchestrator, OrchestratorSettings
+from router.policy import PolicyConfig, has_route
+from router.registry import InMemoryRegistry, WorkerRecord, WorkerRegistry
+from router.requests import RequestTable
+from router.tokenizer import Tokenizer
+from router.validation import (
+    RequestValidator,
+    ValidatedRequest,
+    ValidationLimits,
+    is_valid_request_id,
+)
+from router.worker_client import WorkerClients
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "pdserve.v1.Generation"
+
+
+class GenerationServicer:
+    """pdserve.v1.Generation. Registered by `add_generation_service`."""
+
+    def __init__(self, server: RouterServer) -> None:
+        self._router = server
+
+    async def Generate(
+        self,
+        request: generation_pb2.GenerateRequest | api_proto.UndecodableRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        request_id = ""
+        try:
+            if isinstance(request, api_proto.UndecodableRequest):
+                raise InvalidArgument(request.field, "not a valid message (e.g. bad UTF-8)")
+            raw = api_proto.raw_request_from_proto(request)
+            request_id = raw.request_id if is_valid_request_id(raw.request_id) else _new_id()
+            clock = RequestClock.start(context.time_remaining())
+            validated = await asyncio.to_thread(self._router.validator.validate, raw, request_id)
+            await self._admitted_run(validated, clock, context)
+        except RouterError as error:
+            await context.abort_with_status(to_status(error, request_id))
+        except Exception:  # CancelledError is not an Exception: cancellation passes through
+            log.exception("request %s failed unexpectedly", request_id)
+            await context.abort_with_status(internal_status(request_id))
+
+    async def _admitted_run(
+        self, validated: ValidatedRequest, clock: RequestClock, context: grpc.aio.ServicerContext
+    ) -> None:
+        request_id = validated.request_id
+
+        async def emit(event: StreamEvent) -> None:
+            await context.write(api_proto.event_to_proto(request_id, event))
+
+        with self._router.requests.admitted(request_id) as entry:
+            try:
+                await self._router.orchestrator.run(validated, clock, emit)
+            except asyncio.CancelledError:
+                if not entry.abort_requested:
+                    raise  # the client went away (or its deadline passed): nobody to tell
+                asyncio.current_task().uncancel()
+                raise Cancelled("aborted by an Abort call") from None
+
+    async def Abort(self, request, context) -> generation_pb2.AbortResponse:
+        return generation_pb2.AbortResponse(found=self._router.requests.abort(request.request_id))
+
+    async def GetModelInfo(self, request, context) -> generation_pb2.ModelInfo:
+        config, model = self._router.config, self._router.model
+        layouts = [w.layout for w in await self._router.registry.list_workers() if w.alive]
+        return generation_pb2.ModelInfo(
+            model=config.served_model,
+            max_context_len=model.max_position_embeddings,
+            vocab_size=model.vocab_size,
+            max_tokens_limit=config.max_tokens_limit,
+            dtype=layouts[0].dtype if layouts else "",
+            page_size=layouts[0].page_size if layouts else 0,
+            eos_token_ids=model.eos_token_ids,
+        )
+
+    async def GetServerInfo(self, request, context) -> generation_pb2.ServerInfo:
+        workers = await self._router.registry.list_workers()
+        return generation_pb2.ServerInfo(
+            version=pdserve.__version__,
+            model=self._router.config.served_model,
+            workers=[api_proto.worker_info_to_proto(w) for w in workers],
+            requests_in_flight=self._router.requests.num_in_flight,
+        )
+
+
+def add_generation_service(servicer: GenerationServicer, server: grpc.aio.Server) -> None:
+    """Like the generated add_GenerationServicer_to_server, but Generate's request bytes go
+    through api_proto.decode_generate_request, which never fails."""
+    unary = {
+        "Abort": (generation_pb2.AbortRequest, generation_pb2.AbortResponse),
+        "GetModelInfo": (generation_pb2.GetModelInfoRequest, generation_pb2.ModelInfo),
+        "GetServerInfo": (generation_pb2.GetServerInfoRequest, generation_pb2.ServerInfo),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (request_type, response_type) in unary.items()
+    }
+    handlers["Generate"] = grpc.unary_stream_rpc_method_handler(
+        servicer.Generate,
+        request_deserializer=api_proto.decode_generate_request,
+        response_serializer=generation_pb2.GenerateResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+class RouterServer:
+    """The router process's parts, wired; `start`/`stop` run it inside an event loop.
+
+    A launcher: `server = RouterServer(config, registry)`, register workers (in `registry`
+    directly, or `await server.add_worker(address)`), `await server.start()`, and at the end
+    `await server.stop(grace_s)`.
+    """
+
+    def __init__(self, config: RouterConfig, registry: WorkerRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else InMemoryRegistry()
+        self.model = ModelConfig.from_dir(config.model_dir)
+        tokenizer = Tokenizer.from_dir(config.model_dir)
+        self.validator = RequestValidator(
+            ValidationLimits.from_config(config, self.model), tokenizer
+        )
+        self.requests = RequestTable(config.max_concurrent_requests, config.overload_retry_after_s)
+        self.clients = WorkerClients(config.grpc_max_message_bytes, config.overload_retry_after_s)
+        self.orchestrator = Orchestrator(
+            self.registry, self.clients, tokenizer, _settings(config, self.model)
+        )
+        self.health = health_aio.HealthServicer()
+        self.monitor = WorkerMonitor(
+            self.registry,
+            self.clients,
+            config.stats_poll_period_s,
+            config.worker_dead_after_failures,
+            config.control_rpc_timeout_s,
+            on_round=self._update_health,
+        )
+        self._server: grpc.aio.Server | None = None
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (the ephemeral one when config.port is 0); 0 before start."""
+        return self._port
+
+    async def add_worker(self, address: str) -> WorkerRecord:
+        """Registers the worker at `address` from its own GetStats; raises WorkerUnavailable."""
+        record = await self.monitor.discover(address)
+        await self._update_health(await self.registry.list_workers())
+        return record
+
+    async def start(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", self.config.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", self.config.grpc_max_message_bytes),
+        ]
+        server = grpc.aio.server(options=options)
+        add_generation_service(GenerationServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self._port = server.add_insecure_port(self.config.bind_address)
+        await self._update_health(await self.registry.list_workers())
+        await server.start()
+        self._server = server
+        self.monitor.start()
+        log.info("router serving %s on port %d", self.config.served_model, self._port)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING at once, then lets streams finish for up to `grace_s` seconds."""
+        server, self._server = self._server, None
+        await self.health.enter_graceful_shutdown()
+        await self.monitor.stop()
+        if server is not None:
+            await server.stop(grace_s)
+        await self.clients.close()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def _update_health(self, workers: list[WorkerRecord]) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not has_route(workers):
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+
+async def serve(config: RouterConfig, registry: WorkerRegistry | None = None) -> None:
+    """Runs a router until cancelled, then stops it with config.shutdown_grace_s."""
+    server = RouterServer(config, registry)
+    await server.start()
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(config.shutdown_grace_s)
+
+
+def _settings(config: RouterConfig, model: ModelConfig) -> OrchestratorSettings:
+    return OrchestratorSettings(
+        policy=PolicyConfig(config.routing_policy, config.colocate_threshold_tokens),
+        eos_token_ids=model.eos_token_ids,
+        prefill_timeout_s=config.prefill_timeout_s,
+        decode_timeout_s=config.decode_timeout_s,
+        control_timeout_s=config.control_rpc_timeout_s,
+    )
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,235 @@
+"""The router's client of the internal Worker service; worker proto types stop here.
+
+Every call takes the time left in the request's budget as its gRPC timeout, so the
+deadline travels downstream in the `grpc-timeout` header. A failed call raises a
+RouterError: DeadlineExceeded, Overloaded (the worker's RESOURCE_EXHAUSTED) or, for any
+other status, WorkerUnavailable — never a grpc exception, and never the worker's own
+error text (it may hold internals).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from kv_transfer.pages import KVHandle, Role, TransportBackend
+from kv_transfer.wire import handle_from_proto, handle_to_proto, layout_from_proto
+from pdserve.v1 import worker_pb2, worker_pb2_grpc
+from router.errors import DeadlineExceeded, Overloaded, RouterError, WorkerUnavailable
+from router.registry import WorkerLoad, WorkerRecord
+from router.validation import ValidatedRequest
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class WorkerFinish(enum.StrEnum):
+    LENGTH = "length"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillResult:
+    first_token_id: int
+    handle: KVHandle | None  # None when token #1 finished the request
+    finished: bool
+    cached_prompt_tokens: int
+    queue_s: float
+    prefill_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeUpdate:
+    token_ids: tuple[int, ...]
+    finished: bool
+    finish_reason: WorkerFinish | None  # set when finished
+    stop_token_id: int | None  # the stop token that finished it
+    kv_transfer_s: float
+    cached_prompt_tokens: int  # colocated only
+    queue_s: float
+    prefill_s: float  # colocated only
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """What a disaggregated Decode carries: token #1, its KV and where to ack the lease."""
+
+    first_token_id: int
+    handle: KVHandle
+    src_address: str
+
+
+class WorkerClients:
+    """One cached grpc.aio channel per worker address. Use from one event loop."""
+
+    def __init__(self, max_message_bytes: int, overload_retry_after_s: float) -> None:
+        self._options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._retry_after_s = overload_retry_after_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def prefill(
+        self, address: str, request: ValidatedRequest, timeout_s: float
+    ) -> PrefillResult:
+        message = worker_pb2.PrefillRequest(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            sampling=_sampling_to_proto(request),
+        )
+        reply = await self._unary(address, "Prefill", message, timeout_s)
+        return _parsed(_prefill_from_proto, reply, address)
+
+    async def decode(
+        self, address: str, request: ValidatedRequest, timeout_s: float, handoff: HandOff | None
+    ) -> AsyncIterator[DecodeUpdate]:
+        """Streams the Decode call's updates; without `handoff` the worker prefills itself.
+
+        Closing the iterator early cancels the call.
+        """
+        call = self._stub(address).Decode(_decode_to_proto(request, handoff), timeout=timeout_s)
+        try:
+            async for chunk in call:
+                yield _parsed(_decode_from_proto, chunk, address)
+        except grpc.aio.AioRpcError as error:
+            raise self._translate(error, address) from None
+        finally:
+            call.cancel()
+
+    async def release_lease(self, address: str, transfer_id: str, timeout_s: float) -> bool:
+        message = worker_pb2.ReleaseLeaseRequest(transfer_id=transfer_id)
+        return (await self._unary(address, "ReleaseLease", message, timeout_s)).released
+
+    async def abort(self, address: str, request_id: str, timeout_s: float) -> bool:
+        message = worker_pb2.WorkerAbortRequest(request_id=request_id)
+        return (await self._unary(address, "Abort", message, timeout_s)).found
+
+    async def get_stats(self, address: str, timeout_s: float) -> WorkerRecord:
+        """The worker's identity and load, as a record to register or to update from."""
+        reply = await self._unary(address, "GetStats", worker_pb2.GetStatsRequest(), timeout_s)
+        return _parsed(_record_from_stats, reply, address)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    async def _unary(self, address: str, method: str, message: Any, timeout_s: float) -> Any:
+        try:
+            return await getattr(self._stub(address), method)(message, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._translate(error, address) from None
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return worker_pb2_grpc.WorkerStub(channel)
+
+    def _translate(self, error: grpc.aio.AioRpcError, address: str) -> RouterError:
+        code = error.code()
+        log.info("worker %s: %s %s", address, code.name, error.details())
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded("deadline exceeded while waiting for a worker")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return Overloaded("the chosen worker is at capacity", self._retry_after_s)
+        return WorkerUnavailable(f"a worker failed ({code.name})")
+
+
+def _parsed(convert: Callable[[Any], T], message: Any, address: str) -> T:
+    """`convert(message)`; a worker reply out of range (ValueError) is that worker failing."""
+    try:
+        return convert(message)
+    except ValueError:
+        log.warning("worker %s sent a malformed %s", address, type(message).__name__)
+        raise WorkerUnavailable("a worker sent a malformed reply") from None
+
+
+def _sampling_to_proto(request: ValidatedRequest) -> worker_pb2.WorkerSampling:
+    sampling = request.sampling
+    return worker_pb2.WorkerSampling(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        seed=sampling.seed or 0,
+        has_seed=sampling.seed is not None,
+        max_tokens=sampling.max_tokens,
+        stop_token_ids=sampling.stop_token_ids,
+        ignore_eos=sampling.ignore_eos,
+    )
+
+
+def _decode_to_proto(
+    request: ValidatedRequest, handoff: HandOff | None
+) -> worker_pb2.DecodeRequest:
+    message = worker_pb2.DecodeRequest(
+        request_id=request.request_id,
+        prompt_token_ids=request.prompt_token_ids,
+        sampling=_sampling_to_proto(request),
+    )
+    if handoff is not None:
+        message.has_first_token = True
+        message.first_token_id = handoff.first_token_id
+        message.handle.CopyFrom(handle_to_proto(handoff.handle))
+        message.src_address = handoff.src_address
+    return message
+
+
+def _prefill_from_proto(reply: worker_pb2.PrefillResponse) -> PrefillResult:
+    return PrefillResult(
+        first_token_id=reply.first_token_id,
+        handle=handle_from_proto(reply.handle) if reply.HasField("handle") else None,
+        finished=reply.finished,
+        cached_prompt_tokens=reply.cached_prompt_tokens,
+        queue_s=reply.queue_s,
+        prefill_s=reply.prefill_s,
+    )
+
+
+def _decode_from_proto(chunk: worker_pb2.DecodeChunk) -> DecodeUpdate:
+    reason = WorkerFinish(chunk.finish_reason) if chunk.finished else None
+    # stop_token_id means something only when a stop ended the stream (-1 = none).
+    is_stop_token = reason is WorkerFinish.STOP and chunk.stop_token_id >= 0
+    return DecodeUpdate(
+        token_ids=tuple(chunk.token_ids),
+        finished=chunk.finished,
+        finish_reason=reason,
+        stop_token_id=chunk.stop_token_id if is_stop_token else None,
+        kv_transfer_s=chunk.kv_transfer_s,
+        cached_prompt_tokens=chunk.cached_prompt_tokens,
+        queue_s=chunk.queue_s,
+        prefill_s=chunk.prefill_s,
+    )
+
+
+def _record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
+    """Raises ValueError for an unknown role, transport or an invalid layout."""
+    info = stats.info
+    load = WorkerLoad(
+        queue_len=info.queue_len,
+        running=info.running,
+        pages_in_use=info.pages_in_use,
+        pages_total=info.pages_total,
+        leases_outstanding=info.leases_outstanding,
+        transfers_in_flight=info.transfers_in_flight,
+        request_pages=info.request_pages,
+        integrity_ok=info.integrity_ok,
+    )
+    return WorkerRecord(
+        worker_id=info.worker_id,
+        role=Role(info.role),
+        address=info.address,
+        epoch=info.epoch,
+        layout=layout_from_proto(stats.layout),
+        node=info.node,
+        pid=info.pid,
+        transport=TransportBackend(info.transport),
+        load=load,
+    )

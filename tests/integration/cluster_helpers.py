@@ -1,0 +1,69 @@
+"""Starting real local clusters in tests and checking they hold nothing once idle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from pdserve import client
+from pdserve.config import ClusterConfig
+from pdserve.launch import BackgroundCluster
+from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+
+
+def start_cluster(**overrides) -> BackgroundCluster:
+    settings = {"port": 0, "dtype": "float32", "kv_cache_mib": 64} | overrides
+    return BackgroundCluster(ClusterConfig(**settings)).start()
+
+
+def token_request(prompt: Sequence[int], max_tokens: int, **sampling) -> generation_pb2.GenerateRequest:
+    return generation_pb2.GenerateRequest(
+        tokens=generation_pb2.TokenInput(token_ids=list(prompt)),
+        sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, **sampling),
+    )
+
+
+def generate_all(address: str, requests: Sequence[generation_pb2.GenerateRequest]) -> list[client.Completion]:
+    """Sends every request at once (the cluster batches them) and returns in order."""
+    channel, stub = client.connect(address)
+    try:
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            return list(pool.map(lambda request: client.generate(stub, request, 300), requests))
+    finally:
+        channel.close()
+
+
+def worker_stats(cluster: BackgroundCluster) -> dict[str, worker_pb2.WorkerStats]:
+    stats = {}
+    for worker_id, handle in cluster.cluster.workers.items():
+        with grpc.insecure_channel(handle.identity.address) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            stats[worker_id] = stub.GetStats(worker_pb2.GetStatsRequest(), timeout=10)
+    return stats
+
+
+def wait_until_idle(cluster: BackgroundCluster, timeout_s: float = 15.0) -> dict[str, worker_pb2.WorkerStats]:
+    """Every worker: integrity holds, no request or lease holds a page, no transfer runs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = worker_stats(cluster)
+        busy = {worker_id: s.info for worker_id, s in stats.items() if not _is_idle(s.info)}
+        if not busy:
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"workers not idle after {timeout_s} s: {busy}")
+        time.sleep(0.1)
+
+
+def _is_idle(info: generation_pb2.WorkerInfo) -> bool:
+    return (
+        info.integrity_ok
+        and info.request_pages == 0
+        and info.leases_outstanding == 0
+        and info.transfers_in_flight == 0
+        and info.queue_len == 0
+        and info.running == 0
+    )
