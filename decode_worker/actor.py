@@ -1,8 +1,9 @@
-"""Decode worker process: one engine, one KV transport, one internal gRPC server.
+"""Decode worker process: one engine, its KV transports, one internal gRPC server.
 
 The launcher runs `DecodeWorker` as a Ray actor (`ray.remote(DecodeWorker)`); tests may run it
-in-process. Construction loads the model and starts serving; `stop()` ends the streams, the
-engine and the server.
+in-process. Construction loads the model and starts serving; with a `kv_group` in the config
+the launcher then calls `join_kv_group` on every worker at once; `stop()` ends the streams,
+the engine and the server, and leaves the KV group.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 import torch
 
 from decode_worker.config import DecodeWorkerConfig
-from decode_worker.lease_ack import LeaseAcker
+from decode_worker.prefill_peers import PrefillPeers
 from decode_worker.scheduler import DecodeScheduler
 from decode_worker.server import DecodeServicer
 from engine.builder import build_engine
-from kv_transfer.factory import make_transport
+from kv_transfer.factory import make_worker_transports
 from pdserve.v1 import worker_pb2_grpc
 from pdserve.workers import (
     TransferStats,
@@ -36,14 +37,19 @@ class DecodeWorker:
     def __init__(self, config: DecodeWorkerConfig, model_dir: str) -> None:
         torch.set_num_threads(config.engine.num_threads)
         self._loop, runner = build_engine(config.engine, Path(model_dir), name=config.worker_id)
-        self._transport = make_transport(config.transport, verify_checksum=config.verify_checksum)
-        self._acker = LeaseAcker(config.ack_timeout_s)
+        self._peers = PrefillPeers(config.ack_timeout_s)
+        self._transports = make_worker_transports(
+            config.transport,
+            config.kv_group,
+            verify_checksum=config.verify_checksum,
+            request_send=self._peers.request_send,
+        )
         self._scheduler = DecodeScheduler(
             self._loop,
             runner.kv_cache,
             runner.layout,
-            self._transport,
-            self._acker.ack,
+            self._transports,
+            self._peers,
             transfer_timeout_s=config.transfer_timeout_s,
             page_wait_s=config.page_wait_s,
         )
@@ -63,19 +69,28 @@ class DecodeWorker:
             node=node_name(),
             layout=runner.layout,
             transport=config.transport,
+            kv_backends=self._transports.backends,
         )
         log.info("decode worker %s serving on %s", config.worker_id, self._identity.address)
 
     def identity(self) -> WorkerIdentity:
         return self._identity
 
+    def join_kv_group(self) -> None:
+        """Blocks until every worker of the KV group joined; a no-op without a group."""
+        self._transports.join_group()
+
     def stop(self, grace_s: float = 1.0) -> None:
         self._server.stop(grace_s).wait()
         self._loop.stop()
-        self._acker.close()
-        self._transport.close()
+        self._peers.close()
+        self._transports.close()
 
     def _stats(self):
         engine = self._loop.call(lambda core: core.stats())
-        transfers = TransferStats(transfers_in_flight=self._scheduler.num_transfers_in_flight)
+        transfers = TransferStats(
+            transfers_in_flight=self._scheduler.num_transfers_in_flight,
+            num_exports=self._transports.num_exports(),
+            num_fetches=self._transports.num_fetches(),
+        )
         return worker_stats_proto(self._identity, engine, transfers)

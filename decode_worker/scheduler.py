@@ -2,8 +2,9 @@
 
   1. waiting_for_kv  a Decode RPC with a handle: pages for the prompt's KV are allocated,
                      waiting up to `page_wait_s` while the pool is full.
-  2. transferring    the transport pulls the handle's pages into them, on the RPC's thread;
-                     the engine keeps stepping the running batch meanwhile.
+  2. transferring    the transport of the handle's backend pulls its pages into them, on
+                     the RPC's thread (gloo: SendKV to the source, then the receive); the
+                     engine keeps stepping the running batch meanwhile.
   3. acked           ReleaseLease to the prefill worker, which unpins its copy.
   4. running         the engine adopts the request with num_computed_tokens = the handle's
                      token count and token #1 as its first output: continuous batching from
@@ -18,15 +19,15 @@ unpins), and fails the stream.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
 
+from decode_worker.prefill_peers import PrefillPeers
 from decode_worker.streams import OutputStream
 from engine.loop import EngineLoop
 from engine.request import Request, SamplingParams
+from kv_transfer.factory import TransportSet
 from kv_transfer.pages import KVHandle, KVLayout
-from kv_transfer.transport import KVTransport
 
 _PAGE_RETRY_S = 0.01
 
@@ -36,7 +37,7 @@ class NoPagesForKV(RuntimeError):
 
 
 class IncompatibleHandle(ValueError):
-    """The handle's layout or size does not match this worker or the prompt."""
+    """The handle's layout, size or backend does not fit this worker or the prompt."""
 
 
 class DecodeScheduler:
@@ -45,8 +46,8 @@ class DecodeScheduler:
         loop: EngineLoop,
         kv_cache: torch.Tensor,
         layout: KVLayout,
-        transport: KVTransport,
-        ack: Callable[[str, str], bool],
+        transports: TransportSet,
+        peers: PrefillPeers,
         *,
         transfer_timeout_s: float,
         page_wait_s: float,
@@ -54,8 +55,8 @@ class DecodeScheduler:
         self._loop = loop
         self._kv_cache = kv_cache
         self._layout = layout
-        self._transport = transport
-        self._ack = ack
+        self._transports = transports
+        self._peers = peers
         self._transfer_timeout_s = transfer_timeout_s
         self._page_wait_s = page_wait_s
         self.num_transfers_in_flight = 0  # approximate (read for stats only)
@@ -83,9 +84,10 @@ class DecodeScheduler:
         self._check(handle, len(prompt))
         try:
             page_ids = self._allocate(len(handle.page_ids))
-            transfer_s = self._fetch(handle, page_ids)
+            with self._peers.pulling_from(handle.transfer_id, src_address):
+                transfer_s = self._fetch(handle, page_ids)
         finally:
-            self._ack(src_address, handle.transfer_id)
+            self._peers.ack(src_address, handle.transfer_id)
         req = Request(
             request_id,
             prompt,
@@ -102,6 +104,9 @@ class DecodeScheduler:
         self._loop.abort_soon(request_id)
 
     def _check(self, handle: KVHandle, prompt_len: int) -> None:
+        if handle.backend not in self._transports.backends:
+            held = ", ".join(self._transports.backends)
+            raise IncompatibleHandle(f"handle.backend: {handle.backend} is not held (only {held})")
         if handle.layout != self._layout:
             raise IncompatibleHandle(
                 f"handle.layout: {handle.layout} != this worker's {self._layout}"
@@ -133,7 +138,7 @@ class DecodeScheduler:
         started = time.monotonic()
         self.num_transfers_in_flight += 1
         try:
-            self._transport.fetch(handle, self._kv_cache, page_ids, self._transfer_timeout_s)
+            self._transports.fetch(handle, self._kv_cache, page_ids, self._transfer_timeout_s)
         except BaseException:
             self._loop.post(lambda core: core.pool.free(page_ids))
             raise

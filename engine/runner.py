@@ -62,8 +62,6 @@ class ModelRunner:
             return self.model(batch, self.kv_cache, self.attention)
 
 
-def _load_to(
-    model_dir: Path, dtype: torch.dtype, device: torch.device
-) -> dict[str, torch.Tensor]:
+def _load_to(model_dir: Path, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     state = load_state_dict(Path(model_dir), dtype)
     return {name: t.to(device) for name, t in state.items()}

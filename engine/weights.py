@@ -70,12 +70,14 @@ def resolve_model(spec: str, cache_dir: Path, progress: bool = True) -> Path:
     cache_dir = Path(cache_dir)
     if spec == SMOLLM2_ALIAS:
         gguf = _smollm2_gguf_path()
-        return _build_once(cache_dir / SMOLLM2_ALIAS, lambda out: _convert_gguf(gguf, out), progress)
+        return _build_once(
+            cache_dir / SMOLLM2_ALIAS, lambda out: _convert_gguf(gguf, out), progress
+        )
     if spec == TINY_ALIAS:
         source = resolve_model(SMOLLM2_ALIAS, cache_dir, progress)
         return _build_once(cache_dir / TINY_ALIAS, lambda out: _write_tiny(source, out), progress)
     path = Path(spec).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
+    if _is_hf_model_dir(path):
         return path
     if path.is_file() and path.suffix == ".gguf":
         entry = cache_dir / _gguf_entry_name(path)
@@ -125,7 +127,11 @@ def _offline_hf_snapshot(repo_id: str) -> Path | None:
         snapshot = Path(snapshot_download(repo_id, local_files_only=True))
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
         return None
-    return snapshot if (snapshot / "config.json").is_file() else None
+    return snapshot if _is_hf_model_dir(snapshot) else None
+
+
+def _is_hf_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
 def _build_once(entry: Path, build: Callable[[Path], None], progress: bool) -> Path:

@@ -1,70 +1,35 @@
-"""Picks a KV transport backend for a (source, destination) pair and builds transports.
+"""Builds KV transports: one backend (`make_transport`), or the set one worker holds
+(`make_worker_transports`). Which backend a pair uses is kv_transfer/topology.py's choice.
 
-`choose_backend` is pure: same node and both CPU → shm, same node and both CUDA → cuda_ipc,
-both CUDA on different nodes → nccl, anything else → gloo. An override wins when it can serve
-the topology (`usable_backends`); `local` serves only peers of one node (in-process tests).
+A worker holds (`held_backends`) shm always, for peers of its node, plus the KV group's backend
+(gloo or nccl) when the cluster formed one. Each request names the backend to use, chosen by
+the router per pair; a request naming none gets the worker's default (its config `transport`).
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kv_transfer.pages import TransportBackend
-from kv_transfer.transport import KVTransport
+import torch
+
+from kv_transfer.collective import (
+    CollectiveTransport,
+    KVGroupSpec,
+    RequestSend,
+    join_kv_group,
+    leave_kv_group,
+)
+from kv_transfer.pages import KVHandle, TransportBackend
+from kv_transfer.transport import KVTransport, TransferError
+
+COLLECTIVE_BACKENDS = frozenset({TransportBackend.GLOO, TransportBackend.NCCL})
 
 
-class DeviceKind(enum.StrEnum):
-    CPU = "cpu"
-    CUDA = "cuda"
-
-
-@dataclass(frozen=True, slots=True)
-class PeerTopology:
-    """Where one worker's KV cache lives: its node and its device ("cpu", "cuda", "cuda:1")."""
-
-    node_id: str
-    device: DeviceKind
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "device", DeviceKind(str(self.device).split(":")[0]))
-
-
-def choose_backend(
-    src: PeerTopology, dst: PeerTopology, override: TransportBackend | None = None
-) -> TransportBackend:
-    """The backend for moving KV from src to dst. ValueError, naming the override, when the
-    override cannot serve this pair."""
-    if override is not None:
-        if override not in usable_backends(src, dst):
-            raise ValueError(f"transport override {override.value!r} cannot serve {src} → {dst}")
-        return override
-    same_node = src.node_id == dst.node_id
-    both = {src.device, dst.device}
-    if same_node and both == {DeviceKind.CPU}:
-        return TransportBackend.SHM
-    if same_node and both == {DeviceKind.CUDA}:
-        return TransportBackend.CUDA_IPC
-    if both == {DeviceKind.CUDA}:
-        return TransportBackend.NCCL
-    return TransportBackend.GLOO
-
-
-def usable_backends(src: PeerTopology, dst: PeerTopology) -> frozenset[TransportBackend]:
-    """Every backend valid for these two peers; gloo, the fallback, always is."""
-    same_node = src.node_id == dst.node_id
-    both = {src.device, dst.device}
-    usable = {TransportBackend.GLOO}
-    if same_node:
-        usable.add(TransportBackend.LOCAL)
-    if same_node and both == {DeviceKind.CPU}:
-        usable.add(TransportBackend.SHM)
-    if same_node and both == {DeviceKind.CUDA}:
-        usable.add(TransportBackend.CUDA_IPC)
-    if both == {DeviceKind.CUDA}:
-        usable.add(TransportBackend.NCCL)
-    return frozenset(usable)
+class UnavailableBackend(ValueError):
+    """A backend this worker does not hold (or, for `send`, one that is not pulled by rank)."""
 
 
 def make_transport(backend: TransportBackend, **options: Any) -> KVTransport:
@@ -87,6 +52,151 @@ def make_transport(backend: TransportBackend, **options: Any) -> KVTransport:
         from kv_transfer.cuda_ipc import CudaIpcTransport
 
         return CudaIpcTransport(**options)
-    from kv_transfer.collective import CollectiveTransport
-
     return CollectiveTransport(backend, **options)
+
+
+def held_backends(
+    default: TransportBackend, kv_group: KVGroupSpec | None
+) -> tuple[TransportBackend, ...]:
+    """The backends a worker with this config holds. ValueError, naming the field, when the
+    group's backend is not collective or `default` is not held."""
+    held = [TransportBackend.SHM]
+    if kv_group is not None:
+        if kv_group.backend not in COLLECTIVE_BACKENDS:
+            raise ValueError(f"kv_group.backend: {kv_group.backend} is not gloo or nccl")
+        held.append(kv_group.backend)
+    if default not in held:
+        names = ", ".join(held)
+        raise ValueError(f"transport: {default} is not held by a worker holding only {names}")
+    return tuple(held)
+
+
+def make_worker_transports(
+    default: TransportBackend,
+    kv_group: KVGroupSpec | None,
+    *,
+    verify_checksum: bool,
+    request_send: RequestSend | None = None,
+) -> TransportSet:
+    """One transport per held backend. The collective one must still join its group
+    (`TransportSet.join_group`). `request_send` is how a fetching (decode) worker asks a source
+    to send; a worker that never fetches leaves it None."""
+    transports: dict[TransportBackend, KVTransport] = {}
+    for backend in held_backends(default, kv_group):
+        options: dict[str, Any] = {"verify_checksum": verify_checksum}
+        if kv_group is not None and backend == kv_group.backend:
+            options |= {
+                "rank": kv_group.rank,
+                "request_send": request_send or _never_fetches,
+                "group_name": kv_group.group_name,
+            }
+        transports[backend] = make_transport(backend, **options)
+    return TransportSet(transports, default, kv_group)
+
+
+class TransportSet:
+    """The KV transports one worker holds, by backend, and the one counter of what they moved.
+
+    Thread-safe: the transports are, and the counts are kept under a lock. Exports and fetches
+    are counted once they succeeded, per backend: what a worker's stats report as proof of the
+    path its KV really took.
+    """
+
+    def __init__(
+        self,
+        transports: Mapping[TransportBackend, KVTransport],
+        default: TransportBackend,
+        kv_group: KVGroupSpec | None = None,
+    ) -> None:
+        self._transports = dict(transports)
+        self.default = default
+        self._kv_group = kv_group
+        self._joined = False
+        self._num_exports: Counter[TransportBackend] = Counter()
+        self._num_fetches: Counter[TransportBackend] = Counter()
+        self._lock = threading.Lock()
+        self.resolve(default)  # a default it does not hold fails here, not on a request
+
+    @property
+    def backends(self) -> tuple[TransportBackend, ...]:
+        return tuple(self._transports)
+
+    def resolve(self, backend: TransportBackend | None) -> TransportBackend:
+        """`backend`, or the default for None. Raises UnavailableBackend if it is not held."""
+        chosen = self.default if backend is None else backend
+        if chosen not in self._transports:
+            held = ", ".join(self._transports)
+            raise UnavailableBackend(f"kv_backend: {chosen} is not held here (only {held})")
+        return chosen
+
+    def join_group(self) -> None:
+        """Joins the KV group; blocks until every rank joined, so call it on every worker at
+        once. A no-op without a group."""
+        if self._kv_group is not None:
+            join_kv_group(self._kv_group)
+            self._joined = True
+
+    def export(
+        self,
+        backend: TransportBackend,
+        transfer_id: str,
+        kv_cache: torch.Tensor,
+        page_ids: Sequence[int],
+    ) -> bytes:
+        """KVTransport.export through `backend`; raises UnavailableBackend if not held."""
+        locator = self._transports[self.resolve(backend)].export(transfer_id, kv_cache, page_ids)
+        self._count(self._num_exports, backend)
+        return locator
+
+    def fetch(
+        self,
+        handle: KVHandle,
+        kv_cache: torch.Tensor,
+        dst_page_ids: Sequence[int],
+        timeout_s: float,
+    ) -> None:
+        """KVTransport.fetch through the handle's backend; raises UnavailableBackend if not held."""
+        transport = self._transports[self.resolve(handle.backend)]
+        transport.fetch(handle, kv_cache, dst_page_ids, timeout_s)
+        self._count(self._num_fetches, handle.backend)
+
+    def send(self, backend: TransportBackend | None, transfer_id: str, dst_rank: int) -> None:
+        """CollectiveTransport.send: the source side of a pull by rank (gloo, nccl)."""
+        chosen = self.resolve(backend)
+        transport = self._transports[chosen]
+        if not isinstance(transport, CollectiveTransport):
+            raise UnavailableBackend(f"kv_backend: {chosen} transfers are not pulled by rank")
+        transport.send(transfer_id, dst_rank)
+
+    def release(self, backend: TransportBackend, transfer_id: str) -> None:
+        """KVTransport.release; idempotent, and unknown ids or backends are ignored."""
+        transport = self._transports.get(backend)
+        if transport is not None:
+            transport.release(transfer_id)
+
+    def num_exported(self) -> int:
+        return sum(transport.num_exported() for transport in self._transports.values())
+
+    def num_exports(self) -> dict[TransportBackend, int]:
+        with self._lock:
+            return dict(self._num_exports)
+
+    def num_fetches(self) -> dict[TransportBackend, int]:
+        with self._lock:
+            return dict(self._num_fetches)
+
+    def close(self) -> None:
+        """Closes every transport, then leaves the KV group if this set joined it."""
+        for transport in self._transports.values():
+            transport.close()
+        if self._joined:
+            leave_kv_group(self._kv_group)
+            self._joined = False
+
+    def _count(self, counts: Counter[TransportBackend], backend: TransportBackend) -> None:
+        with self._lock:
+            counts[backend] += 1
+
+
+def _never_fetches(handle: KVHandle, dst_rank: int, timeout_s: float) -> None:
+    raise TransferError(f"{handle.transfer_id}: this worker does not fetch KV")

@@ -33,7 +33,11 @@ class ClusterConfig(BaseSettings):
     kv_cache_mib: int = Field(512, ge=1, description="KV cache of each worker.")
     threads_per_worker: int = Field(1, ge=1, description="torch threads of each worker.")
     max_num_batched_tokens: int = Field(512, ge=1, description="Token budget per engine step.")
-    transport: TransportBackend = Field(TransportBackend.SHM, description="KV transfer backend.")
+    transport: TransportBackend = Field(
+        TransportBackend.SHM,
+        description="KV transfer backend: shm (pairs chosen by topology: shm on one node), or "
+        "gloo (every worker joins one KV group and every pair uses it).",
+    )
     lease_ttl_s: float = Field(30.0, gt=0, description="Pins of handed-off pages without an ack.")
     max_concurrent_requests: int = Field(256, ge=1, description="Router admission bound.")
     ray_address: str | None = Field(
@@ -45,6 +49,15 @@ class ClusterConfig(BaseSettings):
         disaggregated = self.num_prefill > 0 and self.num_decode > 0
         if not disaggregated and self.num_colocated == 0:
             raise ValueError("num_prefill/num_decode: need ≥ 1 of each, or num_colocated ≥ 1")
+        return self
+
+    @model_validator(mode="after")
+    def _local_transport(self) -> ClusterConfig:
+        # CPU workers in separate processes: local is in-process only, cuda_ipc/nccl need GPUs.
+        if self.transport not in (TransportBackend.SHM, TransportBackend.GLOO):
+            raise ValueError(
+                f"transport: a local cluster moves KV over shm or gloo, not {self.transport}"
+            )
         return self
 
     @classmethod

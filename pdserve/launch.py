@@ -2,8 +2,10 @@
 
 `pdserve up` runs one until Ctrl-C or SIGTERM; tests and the demo start one in-process.
 Start: resolve the model (converted once, with a progress bar) → Ray → every worker actor
-in parallel (each loads the model and serves the internal gRPC API) → the router, with every
-worker registered. Stop runs the same steps backwards; Ray is shut down only if we started it.
+in parallel (each loads the model and serves the internal gRPC API) → with `transport` gloo,
+every worker joins one KV group (ranks 0..n-1 in plan order), all at once → the router, with
+every worker registered. Stop runs the same steps backwards (each worker leaves the group as it
+stops); Ray is shut down only if we started it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from decode_worker.actor import DecodeWorker
 from decode_worker.config import DecodeWorkerConfig
 from engine.builder import EngineConfig
 from engine.weights import resolve_model
+from kv_transfer.collective import KVGroupSpec
+from kv_transfer.factory import COLLECTIVE_BACKENDS
 from kv_transfer.pages import Role
 from pdserve.config import ClusterConfig
 from pdserve.workers import WorkerIdentity
@@ -54,10 +58,17 @@ class LocalCluster:
     async def start(self) -> None:
         self.model_dir = resolve_model(self.config.model, self.config.model_cache_dir)
         self._start_ray()
-        actors = [self._spawn(worker_id, role) for worker_id, role in self._plan()]
+        plan = self._plan()
+        actors = [
+            self._spawn(worker_id, role, self._kv_group(rank, len(plan)))
+            for rank, (worker_id, role) in enumerate(plan)
+        ]
         identities = await asyncio.gather(*(actor.identity.remote() for actor in actors))
         for identity, actor in zip(identities, actors, strict=True):
             self.workers[identity.worker_id] = WorkerHandle(identity, actor)
+        if self._forms_kv_group:
+            # Joining is collective: each actor's one call blocks until every rank's is in.
+            await asyncio.gather(*(actor.join_kv_group.remote() for actor in actors))
         self.router = RouterServer(self._router_config())
         for handle in self.workers.values():
             await self.router.add_worker(handle.identity.address)
@@ -97,11 +108,23 @@ class LocalCluster:
         plan += [(f"decode-{i}", Role.DECODE) for i in range(self.config.num_decode)]
         return plan + [(f"both-{i}", Role.BOTH) for i in range(self.config.num_colocated)]
 
-    def _spawn(self, worker_id: str, role: Role) -> ray.actor.ActorHandle:
+    @property
+    def _forms_kv_group(self) -> bool:
+        return self.config.transport in COLLECTIVE_BACKENDS
+
+    def _kv_group(self, rank: int, world_size: int) -> KVGroupSpec | None:
+        if not self._forms_kv_group:
+            return None
+        return KVGroupSpec(self.config.transport, world_size, rank)
+
+    def _spawn(
+        self, worker_id: str, role: Role, kv_group: KVGroupSpec | None
+    ) -> ray.actor.ActorHandle:
         common = {
             "worker_id": worker_id,
             "engine": self._engine_config(),
             "transport": self.config.transport,
+            "kv_group": kv_group,
         }
         if role is Role.PREFILL:
             config = PrefillWorkerConfig(**common, lease_ttl_s=self.config.lease_ttl_s)
@@ -130,6 +153,9 @@ class LocalCluster:
             host=self.config.host,
             port=self.config.port,
             max_concurrent_requests=self.config.max_concurrent_requests,
+            # A KV group is formed to be used: every pair moves KV over it. Without one the
+            # topology decides per pair (shm between workers of this node).
+            kv_backend=self.config.transport if self._forms_kv_group else None,
         )
 
 

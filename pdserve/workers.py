@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -34,7 +35,8 @@ class WorkerIdentity:
     pid: int
     node: str
     layout: KVLayout
-    transport: TransportBackend
+    transport: TransportBackend  # the default KV backend, for requests that name none
+    kv_backends: tuple[TransportBackend, ...]  # every backend it can export or fetch through
 
 
 def new_epoch() -> int:
@@ -53,6 +55,8 @@ def own_pid() -> int:
 class TransferStats:
     leases_outstanding: int = 0
     transfers_in_flight: int = 0
+    num_exports: Mapping[TransportBackend, int] = field(default_factory=dict)
+    num_fetches: Mapping[TransportBackend, int] = field(default_factory=dict)
 
 
 def worker_stats_proto(
@@ -76,7 +80,13 @@ def worker_stats_proto(
         integrity_ok=engine.integrity_ok,
         transport=identity.transport.value,
     )
-    return worker_pb2.WorkerStats(info=info, layout=layout_to_proto(identity.layout))
+    return worker_pb2.WorkerStats(
+        info=info,
+        layout=layout_to_proto(identity.layout),
+        kv_backends=[backend.value for backend in identity.kv_backends],
+        kv_exports={backend.value: n for backend, n in transfers.num_exports.items()},
+        kv_fetches={backend.value: n for backend, n in transfers.num_fetches.items()},
+    )
 
 
 def sampling_from_proto(msg: worker_pb2.WorkerSampling) -> SamplingParams:

@@ -1,8 +1,9 @@
-"""Prefill worker process: one engine, one KV transport, one internal gRPC server.
+"""Prefill worker process: one engine, its KV transports, one internal gRPC server.
 
 The launcher runs `PrefillWorker` as a Ray actor (`ray.remote(PrefillWorker)`); tests may run
-it in-process. Construction loads the model and starts serving; `stop()` releases every lease
-and export, stops the engine and the server.
+it in-process. Construction loads the model and starts serving; with a `kv_group` in the
+config the launcher then calls `join_kv_group` on every worker at once; `stop()` releases every
+lease and export, stops the engine and the server, and leaves the KV group.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.builder import build_engine
-from kv_transfer.factory import make_transport
+from kv_transfer.factory import make_worker_transports
 from kv_transfer.pages import Role
 from pdserve.v1 import worker_pb2_grpc
 from pdserve.workers import (
@@ -37,15 +38,18 @@ class PrefillWorker:
     def __init__(self, config: PrefillWorkerConfig, model_dir: str) -> None:
         torch.set_num_threads(config.engine.num_threads)
         self._loop, runner = build_engine(config.engine, Path(model_dir), name=config.worker_id)
-        self._transport = make_transport(config.transport, verify_checksum=config.verify_checksum)
-        self._leases = LeaseTable(self._transport, self._free_pages)
+        # A prefill worker only exports: it never asks a peer to send (no request_send).
+        self._transports = make_worker_transports(
+            config.transport, config.kv_group, verify_checksum=config.verify_checksum
+        )
+        self._leases = LeaseTable(self._transports, self._free_pages)
         self._loop.add_periodic(lambda core: self._leases.expire())
         epoch = new_epoch()
         source = HandleSource(config.worker_id, epoch, runner.layout, config.lease_ttl_s)
         scheduler = PrefillScheduler(
-            self._loop, runner.kv_cache, self._transport, self._leases, source
+            self._loop, runner.kv_cache, self._transports, self._leases, source
         )
-        servicer = PrefillServicer(scheduler, self._leases, self._stats)
+        servicer = PrefillServicer(scheduler, self._leases, self._transports, self._stats)
         self._server, port = start_grpc_server(
             lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server),
             config.host,
@@ -61,22 +65,32 @@ class PrefillWorker:
             node=node_name(),
             layout=runner.layout,
             transport=config.transport,
+            kv_backends=self._transports.backends,
         )
         log.info("prefill worker %s serving on %s", config.worker_id, self._identity.address)
 
     def identity(self) -> WorkerIdentity:
         return self._identity
 
+    def join_kv_group(self) -> None:
+        """Blocks until every worker of the KV group joined; a no-op without a group."""
+        self._transports.join_group()
+
     def stop(self, grace_s: float = 1.0) -> None:
         self._server.stop(grace_s).wait()
         self._leases.release_all()
         self._loop.stop()
-        self._transport.close()
+        self._transports.close()
 
     def _free_pages(self, page_ids: list[int]) -> None:
         self._loop.post(lambda core: core.pool.free(page_ids))
 
     def _stats(self):
         engine = self._loop.call(lambda core: core.stats())
-        transfers = TransferStats(len(self._leases), self._transport.num_exported())
+        transfers = TransferStats(
+            leases_outstanding=len(self._leases),
+            transfers_in_flight=self._transports.num_exported(),
+            num_exports=self._transports.num_exports(),
+            num_fetches=self._transports.num_fetches(),
+        )
         return worker_stats_proto(self._identity, engine, transfers)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.builder import EngineConfig
+from kv_transfer.collective import KVGroupSpec
+from kv_transfer.factory import held_backends
 from kv_transfer.pages import TransportBackend
 
 
@@ -16,9 +18,19 @@ class PrefillWorkerConfig(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the internal gRPC server binds.")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
-    transport: TransportBackend = Field(TransportBackend.SHM, description="KV export backend.")
+    transport: TransportBackend = Field(
+        TransportBackend.SHM, description="KV export backend of requests that name none."
+    )
+    kv_group: KVGroupSpec | None = Field(
+        None, description="This worker's place in the cluster's KV group (gloo/nccl), if any."
+    )
     verify_checksum: bool = Field(True, description="Checksum every exported KV buffer.")
     lease_ttl_s: float = Field(
         30.0, gt=0, description="How long handed-off pages stay pinned unacked."
     )
     max_grpc_threads: int = Field(64, ge=4, description="Concurrent internal RPCs.")
+
+    @model_validator(mode="after")
+    def _holds_its_transport(self) -> PrefillWorkerConfig:
+        held_backends(self.transport, self.kv_group)
+        return self

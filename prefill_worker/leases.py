@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kv_transfer.transport import KVTransport
+from kv_transfer.factory import TransportSet
+from kv_transfer.pages import TransportBackend
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,13 @@ class Lease:
     request_id: str
     page_ids: tuple[int, ...]
     expiry_unix_s: float
+    backend: TransportBackend  # the transport that exported the pages
 
 
 class LeaseTable:
-    def __init__(self, transport: KVTransport, free_pages: Callable[[list[int]], None]) -> None:
+    def __init__(self, transports: TransportSet, free_pages: Callable[[list[int]], None]) -> None:
         """`free_pages` returns page references to the engine (it must not block on it)."""
-        self._transport = transport
+        self._transports = transports
         self._free_pages = free_pages
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
@@ -73,5 +75,5 @@ class LeaseTable:
             return len(self._leases)
 
     def _end(self, lease: Lease) -> None:
-        self._transport.release(lease.transfer_id)
+        self._transports.release(lease.backend, lease.transfer_id)
         self._free_pages(list(reversed(lease.page_ids)))

@@ -6,8 +6,9 @@
                 are reused (the pool is the truth; the router's index is only a hint).
   3. token #1   sampled; the engine finishes the request as FINISHED_HANDOFF and hands its
                 page references to this scheduler instead of freeing them.
-  4. leased     the pages are exported through the KV transport and pinned under a lease
-                (leases.py); the handle goes back to the router with token #1.
+  4. leased     the pages are exported through the KV backend the router chose for the pair
+                (the worker's default if it named none) and pinned under a lease (leases.py);
+                the handle, naming that backend, goes back to the router with token #1.
   5. released   the decode worker's ack (ReleaseLease), or the lease's expiry, releases the
                 export and returns the page references to the engine.
 A request whose token #1 already ends it (stop token, max_tokens 1) skips 4–5: its pages are
@@ -26,8 +27,8 @@ import torch
 from engine.core import RequestOutput
 from engine.loop import EngineLoop
 from engine.request import Request, RequestStatus, SamplingParams
-from kv_transfer.pages import KVHandle, KVLayout
-from kv_transfer.transport import KVTransport
+from kv_transfer.factory import TransportSet
+from kv_transfer.pages import KVHandle, KVLayout, TransportBackend
 from prefill_worker.leases import Lease, LeaseTable
 
 
@@ -60,20 +61,27 @@ class PrefillScheduler:
         self,
         loop: EngineLoop,
         kv_cache: torch.Tensor,
-        transport: KVTransport,
+        transports: TransportSet,
         leases: LeaseTable,
         source: HandleSource,
     ) -> None:
         self._loop = loop
         self._kv_cache = kv_cache
-        self._transport = transport
+        self._transports = transports
         self._leases = leases
         self._source = source
 
     def prefill(
-        self, request_id: str, prompt: list[int], sampling: SamplingParams, timeout_s: float
+        self,
+        request_id: str,
+        prompt: list[int],
+        sampling: SamplingParams,
+        kv_backend: TransportBackend | None,
+        timeout_s: float,
     ) -> PrefillResult:
-        """Runs steps 1–4; blocks until token #1. Raises TimeoutError or PrefillAborted."""
+        """Runs steps 1–4; blocks until token #1. Raises TimeoutError or PrefillAborted, and
+        UnavailableBackend before any work when this worker does not hold `kv_backend`."""
+        backend = self._transports.resolve(kv_backend)
         req = Request(request_id, prompt, sampling, handoff_after_prefill=True)
         done: Future[RequestOutput] = Future()
         self._loop.submit(req, done.set_result)
@@ -84,7 +92,8 @@ class PrefillScheduler:
             raise
         if req.status is RequestStatus.FINISHED_ABORTED:
             raise PrefillAborted(request_id)
-        handle = self._lease(req, output.handoff_page_ids) if output.handoff_page_ids else None
+        handoff = output.handoff_page_ids
+        handle = self._lease(req, handoff, backend) if handoff else None
         started = req.first_scheduled_s or req.arrival_s
         return PrefillResult(
             first_token_id=output.new_token_ids[0],
@@ -99,15 +108,15 @@ class PrefillScheduler:
         """Aborts a request still in the engine (steps 1–2); a no-op afterwards."""
         self._loop.abort_soon(request_id)
 
-    def _lease(self, req: Request, page_ids: list[int]) -> KVHandle:
+    def _lease(self, req: Request, page_ids: list[int], backend: TransportBackend) -> KVHandle:
         transfer_id = f"{self._source.worker_id}-{uuid.uuid4().hex}"
         expiry = time.time() + self._source.lease_ttl_s
         try:
-            locator = self._transport.export(transfer_id, self._kv_cache, page_ids)
+            locator = self._transports.export(backend, transfer_id, self._kv_cache, page_ids)
         except BaseException:
             self._loop.post(lambda core: core.pool.free(page_ids))
             raise
-        self._leases.grant(Lease(transfer_id, req.request_id, tuple(page_ids), expiry))
+        self._leases.grant(Lease(transfer_id, req.request_id, tuple(page_ids), expiry, backend))
         return KVHandle(
             transfer_id=transfer_id,
             src_worker_id=self._source.worker_id,
@@ -116,6 +125,6 @@ class PrefillScheduler:
             num_tokens=req.num_computed_tokens,
             layout=self._source.layout,
             lease_expiry_unix_s=expiry,
-            backend=self._transport.backend,
+            backend=backend,
             locator=locator,
         )

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import grpc
 
+from kv_transfer.factory import TransportSet, UnavailableBackend
+from kv_transfer.pages import TransportBackend
 from kv_transfer.transport import TransferError
 from kv_transfer.wire import handle_to_proto
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
@@ -21,29 +23,35 @@ DEFAULT_TIMEOUT_S = 300.0
 
 
 class PrefillServicer(worker_pb2_grpc.WorkerServicer):
-    """Serves Prefill, ReleaseLease, Abort and GetStats; Decode is not this role's."""
+    """Serves Prefill, SendKV, ReleaseLease, Abort and GetStats; Decode is not this role's."""
 
     def __init__(
         self,
         scheduler: PrefillScheduler,
         leases: LeaseTable,
+        transports: TransportSet,
         stats: Callable[[], worker_pb2.WorkerStats],
     ) -> None:
         self._scheduler = scheduler
         self._leases = leases
+        self._transports = transports
         self._stats = stats
 
     def Prefill(self, request: worker_pb2.PrefillRequest, context: grpc.ServicerContext):
         request_id = request.request_id
         context.add_callback(lambda: self._scheduler.abort(request_id))  # no-op once finished
         timeout_s = context.time_remaining() or DEFAULT_TIMEOUT_S
+        kv_backend = _backend_or_abort(request.kv_backend, context, "kv_backend")
         try:
             result = self._scheduler.prefill(
                 request_id,
                 list(request.prompt_token_ids),
                 sampling_from_proto(request.sampling),
+                kv_backend,
                 timeout_s,
             )
+        except UnavailableBackend as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV_BACKEND_UNAVAILABLE: {exc}")
         except TimeoutError:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"prefill of {request_id} timed out")
         except PrefillAborted:
@@ -61,6 +69,16 @@ class PrefillServicer(worker_pb2_grpc.WorkerServicer):
             prefill_s=result.prefill_s,
         )
 
+    def SendKV(self, request: worker_pb2.SendKVRequest, context: grpc.ServicerContext):
+        backend = _backend_or_abort(request.backend, context, "backend")
+        try:
+            self._transports.send(backend, request.transfer_id, request.dst_rank)
+        except UnavailableBackend as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV_BACKEND_UNAVAILABLE: {exc}")
+        except TransferError as exc:  # released (acked or expired) or never exported
+            context.abort(grpc.StatusCode.NOT_FOUND, f"KV_TRANSFER_UNKNOWN: {exc}")
+        return worker_pb2.SendKVResponse()
+
     def ReleaseLease(self, request: worker_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext):
         return worker_pb2.ReleaseLeaseResponse(released=self._leases.release(request.transfer_id))
 
@@ -70,3 +88,16 @@ class PrefillServicer(worker_pb2_grpc.WorkerServicer):
 
     def GetStats(self, request: worker_pb2.GetStatsRequest, context: grpc.ServicerContext):
         return self._stats()
+
+
+def _backend_or_abort(
+    value: str, context: grpc.ServicerContext, field: str
+) -> TransportBackend | None:
+    """The backend a request names; None when it names none. Aborts the call naming `field`
+    when the name is unknown."""
+    if not value:
+        return None
+    try:
+        return TransportBackend(value)
+    except ValueError:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: unknown KV backend {value!r}")

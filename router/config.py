@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kv_transfer.pages import TransportBackend
+
 MIB = 2**20
 
 
@@ -56,6 +58,11 @@ class RouterConfig(BaseSettings):
     )
     routing_policy: PolicyName = Field(
         PolicyName.LEAST_LOAD, description="How a worker (pair) is picked among the eligible."
+    )
+    kv_backend: TransportBackend | None = Field(
+        None,
+        description="KV backend of every (prefill, decode) pair instead of the topology's "
+        "choice (same node: shm, across nodes: gloo); a pair it cannot serve is not routed.",
     )
     stats_poll_period_s: float = Field(1.0, gt=0, description="GetStats period per worker.")
     worker_dead_after_failures: int = Field(

@@ -2,10 +2,12 @@
 
 Lifecycle of a request here:
     1. route        policy.pick_route over the registry snapshot (NoWorkers -> UNAVAILABLE)
-    2. prefill leg  Prefill on the prefill worker -> token #1 + KVHandle (lease pinned there)
+    2. prefill leg  Prefill on the prefill worker, naming the pair's KV backend (the route's)
+                    -> token #1 + KVHandle of that backend (lease pinned there)
     3. token #1     emitted at once (TTFT); if it finished the request there is no decode leg
-    4. decode leg   Decode(handle, token #1) on the decode worker, which fetches the KV and
-                    acks the lease itself (ReleaseLease to `src_address`), then streams
+    4. decode leg   Decode(handle, token #1) on the decode worker, which fetches the KV through
+                    the handle's backend (gloo: it asks `src_address` to SendKV), acks the
+                    lease itself (ReleaseLease to `src_address`), then streams
     5. completion   exactly one Completion: finish reason, usage, timing, worker ids
 Colocated route: no step 2; Decode without a handle on the `both` worker streams from token #1.
 
@@ -158,12 +160,15 @@ class _RequestFlow:
         await self._decode_leg(self.legs.handoff)
 
     async def _prefill_leg(self) -> PrefillResult:
-        prefill_worker = self._decision.prefill
-        assert prefill_worker is not None  # disaggregated routes always name one
+        prefill_worker, kv_backend = self._decision.prefill, self._decision.kv_backend
+        # disaggregated routes always name both
+        assert prefill_worker is not None and kv_backend is not None
         timeout_s = self._clock.remaining_s(self._settings.prefill_timeout_s)
         self._marks.sent_s = time.monotonic()
         self.legs.prefill_address = prefill_worker.address
-        result = await self._clients.prefill(prefill_worker.address, self._request, timeout_s)
+        result = await self._clients.prefill(
+            prefill_worker.address, self._request, kv_backend, timeout_s
+        )
         if result.handle is not None:
             self.legs.handoff = HandOff(
                 result.first_token_id, result.handle, prefill_worker.address

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from kv_transfer.pages import KVLayout, Role, TransportBackend
+from kv_transfer.topology import DeviceKind, PeerTopology
 
 
 class StaleEpoch(ValueError):
@@ -56,10 +57,17 @@ class WorkerRecord:
     layout: KVLayout
     node: str = ""
     pid: int = 0
-    transport: TransportBackend = TransportBackend.LOCAL
+    transport: TransportBackend = TransportBackend.LOCAL  # its default KV backend
+    # What it can export or fetch through: shm always, gloo/nccl once it joined a KV group.
+    kv_backends: frozenset[TransportBackend] = frozenset({TransportBackend.SHM})
     load: WorkerLoad = field(default_factory=WorkerLoad)
     alive: bool = True  # false once the monitor gave up on it; routing skips it
     last_seen_s: float = field(default_factory=time.time)  # unix time of its last report
+
+    @property
+    def topology(self) -> PeerTopology:
+        """Where its KV cache lives. Workers keep it on CPU: the engine has no device setting."""
+        return PeerTopology(self.node, DeviceKind.CPU)
 
 
 class WorkerRegistry(ABC):

@@ -221,7 +221,7 @@ class RouterServer:
 
     async def _update_health(self, workers: list[WorkerRecord]) -> None:
         status = health_pb2.HealthCheckResponse.SERVING
-        if not has_route(workers):
+        if not has_route(workers, self.config.kv_backend):
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
@@ -239,7 +239,9 @@ async def serve(config: RouterConfig, registry: WorkerRegistry | None = None) ->
 
 def _settings(config: RouterConfig, model: ModelConfig) -> OrchestratorSettings:
     return OrchestratorSettings(
-        policy=PolicyConfig(config.routing_policy, config.colocate_threshold_tokens),
+        policy=PolicyConfig(
+            config.routing_policy, config.colocate_threshold_tokens, config.kv_backend
+        ),
         eos_token_ids=model.eos_token_ids,
         prefill_timeout_s=config.prefill_timeout_s,
         decode_timeout_s=config.decode_timeout_s,

@@ -76,12 +76,18 @@ class WorkerClients:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def prefill(
-        self, address: str, request: ValidatedRequest, timeout_s: float
+        self,
+        address: str,
+        request: ValidatedRequest,
+        kv_backend: TransportBackend,
+        timeout_s: float,
     ) -> PrefillResult:
+        """Prefill on `address`, exporting the KV through `kv_backend` (the pair's)."""
         message = worker_pb2.PrefillRequest(
             request_id=request.request_id,
             prompt_token_ids=request.prompt_token_ids,
             sampling=_sampling_to_proto(request),
+            kv_backend=kv_backend.value,
         )
         reply = await self._unary(address, "Prefill", message, timeout_s)
         return _parsed(_prefill_from_proto, reply, address)
@@ -210,7 +216,7 @@ def _decode_from_proto(chunk: worker_pb2.DecodeChunk) -> DecodeUpdate:
 
 
 def _record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
-    """Raises ValueError for an unknown role, transport or an invalid layout."""
+    """Raises ValueError for an unknown role, backend or an invalid layout."""
     info = stats.info
     load = WorkerLoad(
         queue_len=info.queue_len,
@@ -231,5 +237,6 @@ def _record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
         node=info.node,
         pid=info.pid,
         transport=TransportBackend(info.transport),
+        kv_backends=frozenset(TransportBackend(name) for name in stats.kv_backends),
         load=load,
     )

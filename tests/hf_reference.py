@@ -40,9 +40,7 @@ def make_forward_batch(steps: Sequence[SeqStep], page_size: int) -> ForwardBatch
         slot_mapping=torch.tensor(slots, dtype=torch.int64),
         query_start_loc=query_start_loc,
         seq_lens=[len(step.context) for step in steps],
-        block_tables=[
-            step.page_ids[: -(-len(step.context) // page_size)] for step in steps
-        ],
+        block_tables=[step.page_ids[: -(-len(step.context) // page_size)] for step in steps],
     )
 
 

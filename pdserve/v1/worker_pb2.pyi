@@ -66,14 +66,16 @@ class WorkerSampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., has_seed: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "kv_backend")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    KV_BACKEND_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: WorkerSampling
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[WorkerSampling, _Mapping]] = ...) -> None: ...
+    kv_backend: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[WorkerSampling, _Mapping]] = ..., kv_backend: _Optional[str] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
     __slots__ = ("first_token_id", "handle", "finished", "cached_prompt_tokens", "queue_s", "prefill_s")
@@ -141,6 +143,20 @@ class ReleaseLeaseResponse(_message.Message):
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
+class SendKVRequest(_message.Message):
+    __slots__ = ("transfer_id", "backend", "dst_rank")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DST_RANK_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    backend: str
+    dst_rank: int
+    def __init__(self, transfer_id: _Optional[str] = ..., backend: _Optional[str] = ..., dst_rank: _Optional[int] = ...) -> None: ...
+
+class SendKVResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class WorkerAbortRequest(_message.Message):
     __slots__ = ("request_id",)
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -158,9 +174,29 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("info", "layout")
+    __slots__ = ("info", "layout", "kv_backends", "kv_exports", "kv_fetches")
+    class KvExportsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class KvFetchesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     INFO_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    KV_BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    KV_EXPORTS_FIELD_NUMBER: _ClassVar[int]
+    KV_FETCHES_FIELD_NUMBER: _ClassVar[int]
     info: _generation_pb2.WorkerInfo
     layout: KVLayout
-    def __init__(self, info: _Optional[_Union[_generation_pb2.WorkerInfo, _Mapping]] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ...) -> None: ...
+    kv_backends: _containers.RepeatedScalarFieldContainer[str]
+    kv_exports: _containers.ScalarMap[str, int]
+    kv_fetches: _containers.ScalarMap[str, int]
+    def __init__(self, info: _Optional[_Union[_generation_pb2.WorkerInfo, _Mapping]] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ..., kv_backends: _Optional[_Iterable[str]] = ..., kv_exports: _Optional[_Mapping[str, int]] = ..., kv_fetches: _Optional[_Mapping[str, int]] = ...) -> None: ...

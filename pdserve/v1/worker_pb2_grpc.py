@@ -49,6 +49,11 @@ class WorkerStub:
                 request_serializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.SendKV = channel.unary_unary(
+                '/pdserve.v1.Worker/SendKV',
+                request_serializer=pdserve_dot_v1_dot_worker__pb2.SendKVRequest.SerializeToString,
+                response_deserializer=pdserve_dot_v1_dot_worker__pb2.SendKVResponse.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/pdserve.v1.Worker/Abort',
                 request_serializer=pdserve_dot_v1_dot_worker__pb2.WorkerAbortRequest.SerializeToString,
@@ -85,6 +90,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendKV(self, request, context):
+        """A pull by rank (gloo, nccl): the decode worker asks the handle's source to post the send
+        of a leased transfer to its rank, then posts the matching receive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Abort(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -114,6 +127,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'SendKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendKV,
+                    request_deserializer=pdserve_dot_v1_dot_worker__pb2.SendKVRequest.FromString,
+                    response_serializer=pdserve_dot_v1_dot_worker__pb2.SendKVResponse.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
@@ -207,6 +225,33 @@ class Worker:
             '/pdserve.v1.Worker/ReleaseLease',
             pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseRequest.SerializeToString,
             pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdserve.v1.Worker/SendKV',
+            pdserve_dot_v1_dot_worker__pb2.SendKVRequest.SerializeToString,
+            pdserve_dot_v1_dot_worker__pb2.SendKVResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,8 +3,8 @@
 Token i of a request (i = 0 is token #1, which prefill samples) is `mock_token(prompt, i)`:
 `(sum(prompt) * 31 + i * 7) % vocab_size`, moved past EOS ids unless `eos_at == i`. Every
 output is therefore checkable without a model. Like the real workers:
-    Prefill   pins the prompt's pages under a lease and returns a KVHandle (no handle when
-              token #1 already finished the request)
+    Prefill   pins the prompt's pages under a lease and returns a KVHandle of the backend the
+              router named (no handle when token #1 already finished the request)
     Decode    with a handle: "fetches", then acks by calling ReleaseLease on `src_address`
               itself, then streams; without one (colocated): prefills locally, streams from #1
     Abort     ends a running Prefill/Decode of that id (CANCELLED); never releases leases
@@ -62,6 +62,7 @@ class MockBehavior:
     num_pages: int = 256
     fail_decode_after: int | None = None  # UNAVAILABLE after this many streamed tokens
     report_kv_transfer_s: float = 0.002
+    kv_backends: tuple[TransportBackend, ...] = (TransportBackend.SHM,)  # what GetStats reports
 
 
 @dataclass(slots=True)
@@ -162,7 +163,7 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
         transfer_id = uuid.uuid4().hex
         self.leases[transfer_id] = pages
         self.running.pop(request.request_id)
-        reply.handle.CopyFrom(handle_to_proto(self._handle(transfer_id, pages, len(prompt))))
+        reply.handle.CopyFrom(handle_to_proto(self._handle(transfer_id, pages, request)))
         return reply
 
     async def Decode(self, request, context):
@@ -215,7 +216,11 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
             integrity_ok=True,
             transport=TransportBackend.LOCAL.value,
         )
-        return worker_pb2.WorkerStats(info=info, layout=layout_to_proto(self.layout))
+        return worker_pb2.WorkerStats(
+            info=info,
+            layout=layout_to_proto(self.layout),
+            kv_backends=[backend.value for backend in self.behavior.kv_backends],
+        )
 
     async def _admit(self, request_id: str, num_tokens: int, context) -> list[int]:
         pages = self.pool.allocate(self.layout.num_pages_for(num_tokens))
@@ -282,14 +287,14 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
         self._seen_pages.update(hashes)
         return num_hits * self.layout.page_size
 
-    def _handle(self, transfer_id: str, pages: list[int], num_tokens: int) -> KVHandle:
+    def _handle(self, transfer_id: str, pages: list[int], request) -> KVHandle:
         return KVHandle(
             transfer_id=transfer_id,
             src_worker_id=self.worker_id,
             src_epoch=self.epoch,
             page_ids=tuple(pages),
-            num_tokens=num_tokens,
+            num_tokens=len(request.prompt_token_ids),
             layout=self.layout,
             lease_expiry_unix_s=time.time() + 30,
-            backend=TransportBackend.LOCAL,
+            backend=TransportBackend(request.kv_backend or TransportBackend.LOCAL),
         )

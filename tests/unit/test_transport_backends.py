@@ -13,11 +13,12 @@ import pytest
 
 from kv_transfer.checksum import Locator
 from kv_transfer.cuda_ipc import IpcHandle
-from kv_transfer.factory import PeerTopology, choose_backend, make_transport
+from kv_transfer.factory import make_transport
 from kv_transfer.local import LocalTransport
 from kv_transfer.pages import TransportBackend
 from kv_transfer.shm import ShmTransport
 from kv_transfer.shm_segments import SEGMENT_PREFIX, SegmentAddress, sweep_orphan_segments
+from kv_transfer.topology import PeerTopology, choose_backend
 from kv_transfer.transport import TransferError
 from tests.unit.test_transport_contract import (
     DST_PAGES,

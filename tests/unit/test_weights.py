@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from safetensors.torch import save_file
 import engine.weights
 from engine.config import ModelConfig
 from engine.weights import load_state_dict, resolve_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -26,7 +29,10 @@ def test_tiny_preset_is_deterministic(tiny_dir: Path, fresh_cache: Path) -> None
     """Two independent builds of `tiny` hold identical tensors: tests may pin its outputs."""
     rebuilt = resolve_model("tiny", fresh_cache, progress=False)
     assert rebuilt == fresh_cache / "tiny"
-    first, second = load_state_dict(tiny_dir, torch.float32), load_state_dict(rebuilt, torch.float32)
+    first, second = (
+        load_state_dict(tiny_dir, torch.float32),
+        load_state_dict(rebuilt, torch.float32),
+    )
     assert sorted(first) == sorted(second)
     assert all(torch.equal(first[name], second[name]) for name in first)
 
@@ -59,6 +65,27 @@ def test_failed_build_leaves_no_entry(fresh_cache: Path, monkeypatch) -> None:
     assert sorted(p.name for p in fresh_cache.iterdir() if not p.name.endswith(".lock")) == [
         "smollm2-135m"
     ]
+
+
+def test_concurrent_builders_agree_on_one_complete_entry(fresh_cache: Path) -> None:
+    """Two processes (e.g. two workers starting at once) resolve the same uncached entry."""
+    code = (
+        "from pathlib import Path; from engine.weights import resolve_model; "
+        f"print(resolve_model('tiny', Path({str(fresh_cache)!r}), progress=False))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    assert outputs == [str(fresh_cache / "tiny")] * 2
+    assert [proc.returncode for proc in procs] == [0, 0]
+    leftovers = [p.name for p in fresh_cache.iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
+    # embed_tokens + 2 layers x 9 tensors + final norm: the entry is complete
+    assert len(load_state_dict(fresh_cache / "tiny", torch.float32)) == 20
 
 
 def _fail_build(source: Path, out_dir: Path) -> None:
@@ -145,6 +172,29 @@ def test_config_and_weights_modules_do_not_import_torch() -> None:
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO_ROOT,
     )  # fmt: skip
     assert result.stdout.strip() == "False False"
+
+
+def test_repo_id_in_offline_hf_cache_resolves_to_its_snapshot(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """An HF repo id already downloaded resolves offline (the HF cache layout, no network)."""
+    snapshot = tmp_path / "hub" / "models--acme--tiny-llama" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for file in tiny_dir.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    code = (
+        "from pathlib import Path; from engine.weights import resolve_model; "
+        f"print(resolve_model('acme/tiny-llama', Path({str(tmp_path)!r}), progress=False))"
+    )
+    # huggingface_hub reads its cache location from the environment at import time.
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT, env=env,
+    )  # fmt: skip
+    assert result.stdout.strip() == str(snapshot)
