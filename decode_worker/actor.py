@@ -19,14 +19,11 @@ from decode_worker.scheduler import DecodeScheduler
 from decode_worker.server import DecodeServicer
 from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
-from pdserve.v1 import worker_pb2_grpc
 from pdserve.workers import (
     TransferStats,
     WorkerIdentity,
     new_epoch,
-    node_name,
-    own_pid,
-    start_grpc_server,
+    serve_worker,
     worker_stats_proto,
 )
 
@@ -54,22 +51,8 @@ class DecodeWorker:
             page_wait_s=config.page_wait_s,
         )
         servicer = DecodeServicer(self._scheduler, self._stats)
-        self._server, port = start_grpc_server(
-            lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server),
-            config.host,
-            config.port,
-            config.max_grpc_threads,
-        )
-        self._identity = WorkerIdentity(
-            worker_id=config.worker_id,
-            role=config.role,
-            address=f"{config.host}:{port}",
-            epoch=new_epoch(),
-            pid=own_pid(),
-            node=node_name(),
-            layout=runner.layout,
-            transport=config.transport,
-            kv_backends=self._transports.backends,
+        self._server, self._identity = serve_worker(
+            servicer, config, config.role, new_epoch(), runner.layout, self._transports.backends
         )
         log.info("decode worker %s serving on %s", config.worker_id, self._identity.address)
 

@@ -36,7 +36,9 @@ def _ask(console: Console, address: str, question: str) -> tuple[str, client.Com
     channel, stub = client.connect(address)
     completion = client.Completion()
     try:
-        for response in stub.Generate(client.prompt_request(question, chat=True, max_tokens=96), timeout=300):
+        for response in stub.Generate(
+            client.prompt_request(question, chat=True, max_tokens=96), timeout=300
+        ):
             completion.add(response)
             if response.HasField("chunk"):
                 console.print(response.chunk.text, end="", soft_wrap=True, highlight=False)
@@ -48,7 +50,15 @@ def _ask(console: Console, address: str, question: str) -> tuple[str, client.Com
 
 def _figures(rows: list[tuple[str, client.Completion]]) -> Table:
     table = Table(title="per request (client-side TTFT/TPOT, server-side prefill and KV transfer)")
-    for column in ("question", "tokens", "TTFT ms", "TPOT ms", "prefill ms", "KV transfer ms", "route"):
+    for column in (
+        "question",
+        "tokens",
+        "TTFT ms",
+        "TPOT ms",
+        "prefill ms",
+        "KV transfer ms",
+        "route",
+    ):
         table.add_column(column)
     for question, c in rows:
         timing = c.final.timing

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 
@@ -18,7 +19,7 @@ from engine.core import EngineStats
 from engine.request import SamplingParams
 from kv_transfer.pages import KVLayout, Role, TransportBackend
 from kv_transfer.wire import layout_to_proto
-from pdserve.v1 import generation_pb2, worker_pb2
+from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 
 # Internal messages carry KV handles, never KV bytes, but prompts can be long.
 MAX_MESSAGE_BYTES = 64 * 2**20
@@ -41,14 +42,6 @@ class WorkerIdentity:
 
 def new_epoch() -> int:
     return time.time_ns()
-
-
-def node_name() -> str:
-    return socket.gethostname()
-
-
-def own_pid() -> int:
-    return os.getpid()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +93,45 @@ def sampling_from_proto(msg: worker_pb2.WorkerSampling) -> SamplingParams:
         stop_token_ids=tuple(msg.stop_token_ids),
         ignore_eos=msg.ignore_eos,
     )
+
+
+class ServingConfig(Protocol):
+    """The fields of either worker config that say where and how it serves."""
+
+    worker_id: str
+    host: str
+    port: int
+    max_grpc_threads: int
+    transport: TransportBackend
+
+
+def serve_worker(
+    servicer: worker_pb2_grpc.WorkerServicer,
+    config: ServingConfig,
+    role: Role,
+    epoch: int,
+    layout: KVLayout,
+    kv_backends: tuple[TransportBackend, ...],
+) -> tuple[grpc.Server, WorkerIdentity]:
+    """Starts the internal gRPC server for `servicer` and describes the running worker."""
+    server, port = start_grpc_server(
+        lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s),
+        config.host,
+        config.port,
+        config.max_grpc_threads,
+    )
+    identity = WorkerIdentity(
+        worker_id=config.worker_id,
+        role=role,
+        address=f"{config.host}:{port}",
+        epoch=epoch,
+        pid=os.getpid(),
+        node=socket.gethostname(),
+        layout=layout,
+        transport=config.transport,
+        kv_backends=kv_backends,
+    )
+    return server, identity
 
 
 def start_grpc_server(register, host: str, port: int, max_workers: int) -> tuple[grpc.Server, int]:

@@ -16,14 +16,11 @@ import torch
 from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
 from kv_transfer.pages import Role
-from pdserve.v1 import worker_pb2_grpc
 from pdserve.workers import (
     TransferStats,
     WorkerIdentity,
     new_epoch,
-    node_name,
-    own_pid,
-    start_grpc_server,
+    serve_worker,
     worker_stats_proto,
 )
 from prefill_worker.config import PrefillWorkerConfig
@@ -50,22 +47,8 @@ class PrefillWorker:
             self._loop, runner.kv_cache, self._transports, self._leases, source
         )
         servicer = PrefillServicer(scheduler, self._leases, self._transports, self._stats)
-        self._server, port = start_grpc_server(
-            lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server),
-            config.host,
-            config.port,
-            config.max_grpc_threads,
-        )
-        self._identity = WorkerIdentity(
-            worker_id=config.worker_id,
-            role=Role.PREFILL,
-            address=f"{config.host}:{port}",
-            epoch=epoch,
-            pid=own_pid(),
-            node=node_name(),
-            layout=runner.layout,
-            transport=config.transport,
-            kv_backends=self._transports.backends,
+        self._server, self._identity = serve_worker(
+            servicer, config, Role.PREFILL, epoch, runner.layout, self._transports.backends
         )
         log.info("prefill worker %s serving on %s", config.worker_id, self._identity.address)
 
