@@ -26,7 +26,9 @@ def shuffled_pages(num_pages: int, seed: int) -> list[int]:
     return random.Random(seed).sample(range(NUM_PAGES), num_pages)
 
 
-def run_chunks(runner: ModelRunner, tokens: list[int], chunks: list[int], pages: list[int]):
+def run_chunks(
+    runner: ModelRunner, tokens: list[int], chunks: list[int], pages: list[int]
+) -> list[torch.Tensor]:
     """Feeds `tokens` in chunks of the given sizes; returns each step's logits row."""
     rows, done = [], 0
     for size in chunks:
