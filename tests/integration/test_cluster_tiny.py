@@ -52,6 +52,15 @@ def colocated(ray_cluster, model_cache_dir):
     cluster.stop()
 
 
+@pytest.fixture(autouse=True)
+def idle_after_each_test(request):
+    """Whatever a test did, both module clusters end it holding no page, lease or transfer."""
+    yield
+    for name in ("disaggregated", "colocated"):
+        if name in request.fixturenames:
+            wait_until_idle(request.getfixturevalue(name))
+
+
 def greedy_outputs(cluster, prompts: list[list[int]]) -> list[list[int]]:
     requests = [token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts]
     return [completion.token_ids for completion in generate_all(cluster.address, requests)]
