@@ -292,7 +292,10 @@ def _wait_until(wait: Wait, deadline: Deadline, transfer_id: str) -> None:
             done.set()
 
     threading.Thread(target=run, name=f"kv-recv-{transfer_id}", daemon=True).start()
-    if not done.wait(max(0.0, deadline.remaining_s())):
+    # A receive that only completes after the deadline fails too, even when it wins the race
+    # against this check; it stays posted so a late send lands in its own (abandoned) buffer.
+    remaining_s = deadline.remaining_s()
+    if remaining_s <= 0 or not done.wait(remaining_s):
         raise TransferError(f"{transfer_id}: deadline passed while receiving")
     if failure:
         raise TransferError(f"{transfer_id}: receive failed: {failure[0]}") from failure[0]
