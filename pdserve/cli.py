@@ -46,7 +46,9 @@ def _add_up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-size", dest="page_size", type=int)
     parser.add_argument("--kv-cache-mib", dest="kv_cache_mib", type=int)
     parser.add_argument("--threads-per-worker", dest="threads_per_worker", type=int)
-    parser.add_argument("--transport", choices=["shm", "gloo"], help="KV backend (default: per pair)")
+    parser.add_argument(
+        "--transport", choices=["shm", "gloo"], help="KV backend (default: per pair)"
+    )
     parser.set_defaults(run=_run_up)
 
 
@@ -144,20 +146,22 @@ def _print_figures(completion: client.Completion) -> None:
     )
 
 
+# (header, WorkerInfo field): short headers keep the table readable in 80 columns.
 _STATUS_COLUMNS = (
-    "worker_id",
-    "role",
-    "pid",
-    "node",
-    "epoch",
-    "alive",
-    "pages_in_use",
-    "pages_total",
-    "queue_len",
-    "running",
-    "leases_outstanding",
-    "transfers_in_flight",
-    "integrity_ok",
+    ("worker", "worker_id"),
+    ("role", "role"),
+    ("pid", "pid"),
+    ("node", "node"),
+    ("epoch", "epoch"),
+    ("alive", "alive"),
+    ("pages", "pages_in_use"),
+    ("of", "pages_total"),
+    ("held", "request_pages"),
+    ("queue", "queue_len"),
+    ("run", "running"),
+    ("leases", "leases_outstanding"),
+    ("xfer", "transfers_in_flight"),
+    ("ok", "integrity_ok"),
 )
 
 
@@ -184,11 +188,11 @@ def _print_status_table(info: generation_pb2.ServerInfo) -> None:
     table = Table(
         title=f"pdserve {info.version} · {info.model} · {info.requests_in_flight} in flight"
     )
-    for column in _STATUS_COLUMNS:
-        table.add_column(column)
+    for header, _ in _STATUS_COLUMNS:
+        table.add_column(header, no_wrap=True)
     for worker in info.workers:
-        table.add_row(*(str(getattr(worker, column)) for column in _STATUS_COLUMNS))
-    Console().print(table)
+        table.add_row(*(str(getattr(worker, field)) for _, field in _STATUS_COLUMNS))
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

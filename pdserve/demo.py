@@ -20,7 +20,7 @@ QUESTIONS = (
 
 
 def main() -> int:
-    console = Console()
+    console = Console(width=120)
     console.print("[bold]starting a local cluster: 1 prefill + 1 decode worker on smollm2-135m…")
     cluster = BackgroundCluster(ClusterConfig(port=0)).start()
     try:
