@@ -18,6 +18,7 @@ unpins), and fails the stream.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
@@ -59,7 +60,8 @@ class DecodeScheduler:
         self._peers = peers
         self._transfer_timeout_s = transfer_timeout_s
         self._page_wait_s = page_wait_s
-        self.num_transfers_in_flight = 0  # approximate (read for stats only)
+        self._num_fetching = 0  # fetches in progress, across RPC threads
+        self._num_fetching_lock = threading.Lock()
 
     def start_colocated(
         self, request_id: str, prompt: list[int], sampling: SamplingParams
@@ -136,12 +138,20 @@ class DecodeScheduler:
 
     def _fetch(self, handle: KVHandle, page_ids: list[int]) -> float:
         started = time.monotonic()
-        self.num_transfers_in_flight += 1
+        self._count_fetching(+1)
         try:
             self._transports.fetch(handle, self._kv_cache, page_ids, self._transfer_timeout_s)
         except BaseException:
             self._loop.post(lambda core: core.pool.free(page_ids))
             raise
         finally:
-            self.num_transfers_in_flight -= 1
+            self._count_fetching(-1)
         return time.monotonic() - started
+
+    def _count_fetching(self, delta: int) -> None:
+        with self._num_fetching_lock:
+            self._num_fetching += delta
+
+    @property
+    def num_transfers_in_flight(self) -> int:
+        return self._num_fetching
