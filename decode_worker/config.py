@@ -33,6 +33,18 @@ class DecodeWorkerConfig(BaseSettings):
     ack_timeout_s: float = Field(
         2.0, gt=0, description="Deadline of the ReleaseLease ack to a prefill worker."
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics HTTP port; 0 = ephemeral, unset = off.",
+    )
+    drain_quiet_s: float = Field(
+        3.0,
+        gt=0,
+        description="A draining worker counts as drained only after this long without a new "
+        "request: longer than a router's stats period, so routes already chosen arrive first.",
+    )
     max_grpc_threads: int = Field(128, ge=4, description="Concurrent internal RPCs (streams).")
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from engine.request import RequestStatus
 from kv_transfer.transport import TransferError
 from kv_transfer.wire import handle_from_proto
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
+from pdserve.worker_edge import WorkerEdge
 from pdserve.workers import sampling_from_proto
 
 # Without a client deadline a stream still ends: nothing waits forever.
@@ -26,15 +27,25 @@ _FINISH_REASONS = {
 
 
 class DecodeServicer(worker_pb2_grpc.WorkerServicer):
-    """Serves Decode (handed-off or colocated), Abort and GetStats."""
+    """Serves Decode (handed-off or colocated), Abort, GetStats, WatchPageEvents, Drain."""
 
     def __init__(
-        self, scheduler: DecodeScheduler, stats: Callable[[], worker_pb2.WorkerStats]
+        self,
+        scheduler: DecodeScheduler,
+        edge: WorkerEdge,
+        stats: Callable[[], worker_pb2.WorkerStats],
     ) -> None:
         self._scheduler = scheduler
+        self._edge = edge
         self._stats = stats
 
     def Decode(
+        self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext
+    ) -> Iterator[worker_pb2.DecodeChunk]:
+        with self._edge.gate.serving():
+            yield from self._decode(request, context)
+
+    def _decode(
         self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> Iterator[worker_pb2.DecodeChunk]:
         request_id = request.request_id
@@ -79,6 +90,12 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
 
     def GetStats(self, request: worker_pb2.GetStatsRequest, context: grpc.ServicerContext):
         return self._stats()
+
+    def WatchPageEvents(self, request, context: grpc.ServicerContext):
+        return self._edge.watch_page_events(request, context)
+
+    def Drain(self, request: worker_pb2.DrainRequest, context: grpc.ServicerContext):
+        return self._edge.drain()
 
 
 def _chunk(batch: list[StreamEvent], transfer_s: float) -> worker_pb2.DecodeChunk:

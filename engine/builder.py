@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.config import ModelConfig
 from engine.core import EngineCore
 from engine.loop import EngineLoop
-from engine.page_pool import PagePool
+from engine.page_pool import PageEvent, PagePool
 from engine.runner import ModelRunner
 from engine.scheduler import SchedulerConfig
 
@@ -59,14 +60,18 @@ class EngineConfig(BaseModel):
 
 
 def build_engine(
-    config: EngineConfig, model_dir: Path, name: str
+    config: EngineConfig,
+    model_dir: Path,
+    name: str,
+    on_page_event: Callable[[PageEvent], None] | None = None,
 ) -> tuple[EngineLoop, ModelRunner]:
-    """Loads the model and returns a started engine loop and its runner (for the KV tensor)."""
+    """Loads the model and returns a started engine loop and its runner (for the KV tensor).
+    `on_page_event` receives the page pool's prefix-cache events, on the engine thread."""
     model = ModelConfig.from_dir(model_dir)
     config.check_fits(model)
     num_pages = config.num_pages(model)
     runner = ModelRunner(model_dir, config.dtype, num_pages, config.page_size, config.attention)
-    pool = PagePool(num_pages, config.page_size)
+    pool = PagePool(num_pages, config.page_size, on_event=on_page_event)
     scheduler_config = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,

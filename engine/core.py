@@ -52,6 +52,7 @@ class EngineStats:
     num_pages_cached: int  # idle but holding a reusable prefix
     num_waiting: int
     num_running: int
+    num_queued_prefill_tokens: int  # prompt tokens admitted but not computed yet
     num_steps: int
     integrity_ok: bool
 
@@ -187,6 +188,7 @@ class EngineCore:
             num_pages_cached=pool.num_cached_idle,
             num_waiting=len(self.scheduler.waiting),
             num_running=len(self.scheduler.running),
+            num_queued_prefill_tokens=self.scheduler.num_uncomputed_prompt_tokens(),
             num_steps=self.num_steps,
             integrity_ok=integrity_ok,
         )

@@ -93,6 +93,15 @@ class PagePool:
     def page_size(self) -> int:
         return self._page_size
 
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event emitted (0 before the first)."""
+        return self._last_seq
+
+    def held_hashes(self) -> list[bytes]:
+        """Every hash matchable now: the state that events up to `last_seq` describe."""
+        return list(self._page_of_hash)
+
     def can_allocate(self, n: int) -> bool:
         return 0 <= n <= len(self._free) + len(self._lru)
 

@@ -69,6 +69,13 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def num_uncomputed_prompt_tokens(self) -> int:
+        """Prompt tokens of queued and running requests not computed yet (prefill backlog)."""
+        return sum(
+            max(0, len(req.prompt_token_ids) - req.num_computed_tokens)
+            for req in (*self.waiting, *self.running)
+        )
+
     def add(self, req: Request) -> None:
         """Queues a new request (no pages, nothing computed)."""
         req.status = RequestStatus.WAITING

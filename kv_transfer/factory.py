@@ -4,14 +4,19 @@
 A worker holds (`held_backends`) shm always, for peers of its node, plus the KV group's backend
 (gloo or nccl) when the cluster formed one. Each request names the backend to use, chosen by
 the router per pair; a request naming none gets the worker's default (its config `transport`).
+
+Every export and fetch of a worker passes through its TransportSet, so that is where an
+optional TransferObserver (the worker's metrics) sees each one: bytes and seconds of those that
+succeeded, a failure for each TransferError.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -22,10 +27,26 @@ from kv_transfer.collective import (
     join_kv_group,
     leave_kv_group,
 )
-from kv_transfer.pages import KVHandle, TransportBackend
+from kv_transfer.pages import KVHandle, TransferDirection, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError
 
 COLLECTIVE_BACKENDS = frozenset({TransportBackend.GLOO, TransportBackend.NCCL})
+T = TypeVar("T")
+
+
+class TransferObserver(Protocol):
+    """Told of each export and fetch once it returned. Called on the transferring thread, so
+    it must be thread-safe and quick; it must not raise."""
+
+    def observe_transfer(
+        self, backend: TransportBackend, direction: TransferDirection, nbytes: int, seconds: float
+    ) -> None:
+        """One transfer succeeded: `nbytes` of KV pages moved in `seconds`."""
+
+    def count_transfer_failure(
+        self, backend: TransportBackend, direction: TransferDirection
+    ) -> None:
+        """One transfer raised TransferError."""
 
 
 class UnavailableBackend(ValueError):
@@ -77,10 +98,11 @@ def make_worker_transports(
     *,
     verify_checksum: bool,
     request_send: RequestSend | None = None,
+    observer: TransferObserver | None = None,
 ) -> TransportSet:
     """One transport per held backend. The collective one must still join its group
     (`TransportSet.join_group`). `request_send` is how a fetching (decode) worker asks a source
-    to send; a worker that never fetches leaves it None."""
+    to send; a worker that never fetches leaves it None. `observer` sees every transfer."""
     transports: dict[TransportBackend, KVTransport] = {}
     for backend in held_backends(default, kv_group):
         options: dict[str, Any] = {"verify_checksum": verify_checksum}
@@ -91,7 +113,7 @@ def make_worker_transports(
                 "group_name": kv_group.group_name,
             }
         transports[backend] = make_transport(backend, **options)
-    return TransportSet(transports, default, kv_group)
+    return TransportSet(transports, default, kv_group, observer=observer)
 
 
 class TransportSet:
@@ -107,8 +129,11 @@ class TransportSet:
         transports: Mapping[TransportBackend, KVTransport],
         default: TransportBackend,
         kv_group: KVGroupSpec | None = None,
+        *,
+        observer: TransferObserver | None = None,
     ) -> None:
         self._transports = dict(transports)
+        self._observer = observer
         self.default = default
         self._kv_group = kv_group
         self._joined = False
@@ -144,7 +169,15 @@ class TransportSet:
         page_ids: Sequence[int],
     ) -> bytes:
         """KVTransport.export through `backend`; raises UnavailableBackend if not held."""
-        locator = self._transports[self.resolve(backend)].export(transfer_id, kv_cache, page_ids)
+        chosen = self.resolve(backend)
+        # kv_cache: [num_pages, ...page], page-major: a page spans stride(0) elements
+        nbytes = len(page_ids) * kv_cache.stride(0) * kv_cache.element_size()
+        locator = self._observed(
+            chosen,
+            TransferDirection.EXPORT,
+            nbytes,
+            lambda: self._transports[chosen].export(transfer_id, kv_cache, page_ids),
+        )
         self._count(self._num_exports, backend)
         return locator
 
@@ -156,8 +189,13 @@ class TransportSet:
         timeout_s: float,
     ) -> None:
         """KVTransport.fetch through the handle's backend; raises UnavailableBackend if not held."""
-        transport = self._transports[self.resolve(handle.backend)]
-        transport.fetch(handle, kv_cache, dst_page_ids, timeout_s)
+        chosen = self.resolve(handle.backend)
+        self._observed(
+            chosen,
+            TransferDirection.FETCH,
+            handle.nbytes,
+            lambda: self._transports[chosen].fetch(handle, kv_cache, dst_page_ids, timeout_s),
+        )
         self._count(self._num_fetches, handle.backend)
 
     def send(self, backend: TransportBackend | None, transfer_id: str, dst_rank: int) -> None:
@@ -196,6 +234,26 @@ class TransportSet:
     def _count(self, counts: Counter[TransportBackend], backend: TransportBackend) -> None:
         with self._lock:
             counts[backend] += 1
+
+    def _observed(
+        self,
+        backend: TransportBackend,
+        direction: TransferDirection,
+        nbytes: int,
+        transfer: Callable[[], T],
+    ) -> T:
+        """`transfer()`, timed and reported to the observer, if any; its TransferError is
+        counted as a failure and re-raised."""
+        if self._observer is None:
+            return transfer()
+        started_s = time.perf_counter()
+        try:
+            result = transfer()
+        except TransferError:
+            self._observer.count_transfer_failure(backend, direction)
+            raise
+        self._observer.observe_transfer(backend, direction, nbytes, time.perf_counter() - started_s)
+        return result
 
 
 def _never_fetches(handle: KVHandle, dst_rank: int, timeout_s: float) -> None:

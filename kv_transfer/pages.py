@@ -29,6 +29,11 @@ class TransportBackend(enum.StrEnum):
     NCCL = "nccl"
 
 
+class TransferDirection(enum.StrEnum):
+    EXPORT = "export"  # the source side: pages made readable by a peer
+    FETCH = "fetch"  # the destination side: pages copied in from a peer
+
+
 @dataclass(frozen=True, slots=True)
 class KVLayout:
     """Shape of one worker's KV cache; two workers may pair only if their layouts are equal."""

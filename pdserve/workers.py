@@ -19,6 +19,7 @@ from engine.core import EngineStats
 from engine.request import SamplingParams
 from kv_transfer.pages import KVLayout, Role, TransportBackend
 from kv_transfer.wire import layout_to_proto
+from pdserve.metrics_export import MetricsExporter
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 
 # Internal messages carry KV handles, never KV bytes, but prompts can be long.
@@ -45,6 +46,13 @@ def new_epoch() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class ServingState:
+    draining: bool = False
+    drained: bool = False
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class TransferStats:
     leases_outstanding: int = 0
     transfers_in_flight: int = 0
@@ -53,7 +61,10 @@ class TransferStats:
 
 
 def worker_stats_proto(
-    identity: WorkerIdentity, engine: EngineStats, transfers: TransferStats
+    identity: WorkerIdentity,
+    engine: EngineStats,
+    transfers: TransferStats,
+    serving: ServingState = ServingState(),
 ) -> worker_pb2.WorkerStats:
     info = generation_pb2.WorkerInfo(
         worker_id=identity.worker_id,
@@ -72,6 +83,10 @@ def worker_stats_proto(
         request_pages=engine.num_pages_in_use,
         integrity_ok=engine.integrity_ok,
         transport=identity.transport.value,
+        draining=serving.draining,
+        queued_prefill_tokens=engine.num_queued_prefill_tokens,
+        drained=serving.drained,
+        metrics_port=serving.metrics_port,
     )
     return worker_pb2.WorkerStats(
         info=info,
@@ -103,6 +118,14 @@ class ServingConfig(Protocol):
     port: int
     max_grpc_threads: int
     transport: TransportBackend
+    metrics_port: int | None
+
+
+def serve_metrics(metrics: MetricsExporter, config: ServingConfig) -> int:
+    """Starts /metrics when the config asks for it; returns the bound port (0: off)."""
+    if config.metrics_port is None:
+        return 0
+    return metrics.serve_http(config.host, config.metrics_port)
 
 
 def serve_worker(

@@ -16,10 +16,14 @@ import torch
 from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
 from kv_transfer.pages import Role
+from pdserve.worker_edge import WorkerEdge
+from pdserve.worker_metrics import WorkerMetrics
 from pdserve.workers import (
+    ServingState,
     TransferStats,
     WorkerIdentity,
     new_epoch,
+    serve_metrics,
     serve_worker,
     worker_stats_proto,
 )
@@ -34,22 +38,33 @@ log = logging.getLogger(__name__)
 class PrefillWorker:
     def __init__(self, config: PrefillWorkerConfig, model_dir: str) -> None:
         torch.set_num_threads(config.engine.num_threads)
-        self._loop, runner = build_engine(config.engine, Path(model_dir), name=config.worker_id)
+        epoch = new_epoch()
+        self._edge = WorkerEdge(epoch, config.drain_quiet_s, self._holds_nothing)
+        self._loop, runner = build_engine(
+            config.engine, Path(model_dir), config.worker_id, self._edge.events.append
+        )
+        self._edge.attach(self._loop)
         # A prefill worker only exports: it never asks a peer to send (no request_send).
+        self.metrics = WorkerMetrics(config.worker_id, Role.PREFILL, self._stats)
         self._transports = make_worker_transports(
-            config.transport, config.kv_group, verify_checksum=config.verify_checksum
+            config.transport,
+            config.kv_group,
+            verify_checksum=config.verify_checksum,
+            observer=self.metrics,
         )
         self._leases = LeaseTable(self._transports, self._free_pages)
         self._loop.add_periodic(lambda core: self._leases.expire())
-        epoch = new_epoch()
         source = HandleSource(config.worker_id, epoch, runner.layout, config.lease_ttl_s)
         scheduler = PrefillScheduler(
             self._loop, runner.kv_cache, self._transports, self._leases, source
         )
-        servicer = PrefillServicer(scheduler, self._leases, self._transports, self._stats)
+        servicer = PrefillServicer(
+            scheduler, self._leases, self._transports, self._edge, self._stats
+        )
         self._server, self._identity = serve_worker(
             servicer, config, Role.PREFILL, epoch, runner.layout, self._transports.backends
         )
+        self._metrics_port = serve_metrics(self.metrics, config)
         log.info("prefill worker %s serving on %s", config.worker_id, self._identity.address)
 
     def identity(self) -> WorkerIdentity:
@@ -59,11 +74,20 @@ class PrefillWorker:
         """Blocks until every worker of the KV group joined; a no-op without a group."""
         self._transports.join_group()
 
+    def drain(self) -> bool:
+        """Starts draining (idempotent); returns whether it is drained (safe to stop)."""
+        return self._edge.drain().drained
+
     def stop(self, grace_s: float = 1.0) -> None:
+        self._edge.close()
         self._server.stop(grace_s).wait()
         self._leases.release_all()
         self._loop.stop()
         self._transports.close()
+        self.metrics.close()
+
+    def _holds_nothing(self) -> bool:
+        return len(self._leases) == 0 and self._transports.num_exported() == 0
 
     def _free_pages(self, page_ids: list[int]) -> None:
         self._loop.post(lambda core: core.pool.free(page_ids))
@@ -76,4 +100,6 @@ class PrefillWorker:
             num_exports=self._transports.num_exports(),
             num_fetches=self._transports.num_fetches(),
         )
-        return worker_stats_proto(self._identity, engine, transfers)
+        gate = self._edge.gate
+        serving = ServingState(gate.draining, gate.drained, self._metrics_port)
+        return worker_stats_proto(self._identity, engine, transfers, serving)

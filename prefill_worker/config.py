@@ -28,6 +28,18 @@ class PrefillWorkerConfig(BaseSettings):
     lease_ttl_s: float = Field(
         30.0, gt=0, description="How long handed-off pages stay pinned unacked."
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics HTTP port; 0 = ephemeral, unset = off.",
+    )
+    drain_quiet_s: float = Field(
+        3.0,
+        gt=0,
+        description="A draining worker counts as drained only after this long without a new "
+        "request: longer than a router's stats period, so routes already chosen arrive first.",
+    )
     max_grpc_threads: int = Field(64, ge=4, description="Concurrent internal RPCs.")
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from kv_transfer.pages import TransportBackend
 from kv_transfer.transport import TransferError
 from kv_transfer.wire import handle_to_proto
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
+from pdserve.worker_edge import WorkerEdge
 from pdserve.workers import sampling_from_proto
 from prefill_worker.leases import LeaseTable
 from prefill_worker.scheduler import PrefillAborted, PrefillScheduler
@@ -23,21 +24,28 @@ DEFAULT_TIMEOUT_S = 300.0
 
 
 class PrefillServicer(worker_pb2_grpc.WorkerServicer):
-    """Serves Prefill, SendKV, ReleaseLease, Abort and GetStats; Decode is not this role's."""
+    """Serves Prefill, SendKV, ReleaseLease, Abort, GetStats, WatchPageEvents and Drain;
+    Decode is not this role's."""
 
     def __init__(
         self,
         scheduler: PrefillScheduler,
         leases: LeaseTable,
         transports: TransportSet,
+        edge: WorkerEdge,
         stats: Callable[[], worker_pb2.WorkerStats],
     ) -> None:
         self._scheduler = scheduler
         self._leases = leases
         self._transports = transports
+        self._edge = edge
         self._stats = stats
 
     def Prefill(self, request: worker_pb2.PrefillRequest, context: grpc.ServicerContext):
+        with self._edge.gate.serving():
+            return self._prefill(request, context)
+
+    def _prefill(self, request: worker_pb2.PrefillRequest, context: grpc.ServicerContext):
         request_id = request.request_id
         context.add_callback(lambda: self._scheduler.abort(request_id))  # no-op once finished
         timeout_s = context.time_remaining() or DEFAULT_TIMEOUT_S
@@ -88,6 +96,12 @@ class PrefillServicer(worker_pb2_grpc.WorkerServicer):
 
     def GetStats(self, request: worker_pb2.GetStatsRequest, context: grpc.ServicerContext):
         return self._stats()
+
+    def WatchPageEvents(self, request, context: grpc.ServicerContext):
+        return self._edge.watch_page_events(request, context)
+
+    def Drain(self, request: worker_pb2.DrainRequest, context: grpc.ServicerContext):
+        return self._edge.drain()
 
 
 def _backend_or_abort(

@@ -7,12 +7,22 @@ Module map, in the order a request meets them:
     validation.py    RawRequest -> ValidatedRequest, or InvalidArgument(field)
     tokenizer.py     tokenizer.json + chat template (jinja2), no transformers
     requests.py      RequestTable: admission cap, duplicate ids, Abort by id
-    policy.py        pure route choice: colocated `both` worker or a (prefill, decode) pair
+    prefix_hints.py  the prompt's page hashes -> the index's {worker: leading pages held}
+    inflight.py      this router's outstanding work per worker (polled load lags)
+    policy.py        pure route choice: prefix-aware / least-load / round-robin pair, or a
+                     worker that prefills a short uncached remainder itself
     orchestrator.py  one request's two legs, cancellation fan-out, the final message
     events.py        what a request's stream carries (chunks, completion), its clock
     output.py        detokenizer.py + stops.py over one request's token stream
     worker_client.py internal Worker RPCs, worker proto <-> dataclasses
     registry.py      WorkerRecord + WorkerRegistry interface (in-memory default)
+    redis_registry.py  the registry shared by router replicas through Redis
     monitor.py       GetStats polling: load, liveness, health
+    page_feed.py     workers' WatchPageEvents streams -> the prefix index
+    prefix_index.py  PrefixIndex interface + in-memory backend (the hint: who holds which pages)
+    redis_index.py   the Redis backend (Lua: apply and lookup in one round trip each)
+    breaker.py       circuit breaker: Redis down -> load-only routing, never a failed request
+    backends.py      registry + index as configured (embedded or Redis)
+    metrics.py       Prometheus metrics of the router (pdserve_ prefix)
     errors.py        every bad ending as a typed error -> gRPC status with details
 """

@@ -18,6 +18,7 @@ MIB = 2**20
 
 
 class PolicyName(enum.StrEnum):
+    PREFIX_AWARE = "prefix_aware"
     LEAST_LOAD = "least_load"
     ROUND_ROBIN = "round_robin"
 
@@ -54,10 +55,45 @@ class RouterConfig(BaseSettings):
     max_stop_len: int = Field(256, ge=1, description="Longest stop string, in characters.")
     max_stop_token_ids: int = Field(64, ge=0, description="Most stop token ids per request.")
     colocate_threshold_tokens: int = Field(
-        32, ge=0, description="Prompts at most this long go to a `both` worker when one exists."
+        32,
+        ge=0,
+        description="A prompt whose uncached remainder on a `both` (or, with "
+        "conditional_disaggregation, a `decode`) worker is at most this long is prefilled "
+        "there instead of paying the KV handoff. 0 with no cache hit: never.",
+    )
+    conditional_disaggregation: bool = Field(
+        True, description="Decode workers may prefill a short uncached remainder themselves."
     )
     routing_policy: PolicyName = Field(
-        PolicyName.LEAST_LOAD, description="How a worker (pair) is picked among the eligible."
+        PolicyName.PREFIX_AWARE,
+        description="How a worker (pair) is picked: prefix_aware (uncached tokens + queued "
+        "prefill work), least_load or round_robin.",
+    )
+    redis_url: str = Field(
+        "",
+        description="Redis for the shared registry and prefix index (redis://[:password@]host:"
+        "port/db, rediss:// for TLS); empty = the embedded in-memory ones (one router).",
+    )
+    registry_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        description="A worker's registry record and index entries expire this long after its "
+        "last successful stats poll by any router.",
+    )
+    redis_timeout_s: float = Field(
+        0.05, gt=0, description="Longest wait for one Redis call before routing goes without."
+    )
+    redis_breaker_failures: int = Field(
+        3, ge=1, description="Consecutive Redis failures that open its circuit breaker."
+    )
+    redis_breaker_reset_s: float = Field(
+        2.0, gt=0, description="How long an open breaker waits before one trial call."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics HTTP port; 0 = ephemeral, unset = off.",
     )
     kv_backend: TransportBackend | None = Field(
         None,

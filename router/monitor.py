@@ -65,7 +65,7 @@ class WorkerMonitor:
     async def poll_once(self) -> list[WorkerRecord]:
         """One round over every registered worker; returns the snapshot after it."""
         workers = await self._registry.list_workers()
-        await asyncio.gather(*(self._poll(worker) for worker in workers))
+        await asyncio.gather(*(self.poll(worker) for worker in workers))
         known = {worker.worker_id for worker in workers}
         self._failures = {key: n for key, n in self._failures.items() if key in known}
         snapshot = await self._registry.list_workers()
@@ -81,7 +81,8 @@ class WorkerMonitor:
                 log.exception("worker monitor round failed")
             await asyncio.sleep(self._period_s)
 
-    async def _poll(self, worker: WorkerRecord) -> None:
+    async def poll(self, worker: WorkerRecord) -> None:
+        """Polls one worker now and records what it reports (or the failure)."""
         try:
             reported = await self._clients.get_stats(worker.address, self._timeout_s)
         except RouterError:

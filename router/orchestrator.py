@@ -1,7 +1,9 @@
 """One request's two legs, from a validated request to its single terminal outcome.
 
 Lifecycle of a request here:
-    1. route        policy.pick_route over the registry snapshot (NoWorkers -> UNAVAILABLE)
+    1. route        the prefix index's hint for the prompt (prefix_hints.py) and the registry
+                    snapshot raised to this router's own in-flight work (inflight.py) ->
+                    policy.pick_route (NoWorkers -> UNAVAILABLE)
     2. prefill leg  Prefill on the prefill worker, naming the pair's KV backend (the route's)
                     -> token #1 + KVHandle of that backend (lease pinned there)
     3. token #1     emitted at once (TTFT); if it finished the request there is no decode leg
@@ -36,8 +38,11 @@ from router.events import (
     TokenChunk,
     Usage,
 )
+from router.inflight import InFlightLoad
+from router.metrics import RouterMetrics
 from router.output import OutputDelta, OutputStream
-from router.policy import PolicyConfig, PolicyState, RouteDecision, pick_route
+from router.policy import PolicyConfig, PolicyState, RouteDecision, RouteInput, pick_route
+from router.prefix_hints import PrefixHints
 from router.registry import WorkerRegistry
 from router.tokenizer import Tokenizer
 from router.validation import ValidatedRequest
@@ -58,7 +63,7 @@ class OrchestratorSettings:
 
 
 class Orchestrator:
-    """Runs requests; owns the round-robin turn. Stateless per request otherwise."""
+    """Runs requests; owns the round-robin turn and the in-flight counts."""
 
     def __init__(
         self,
@@ -66,11 +71,16 @@ class Orchestrator:
         clients: WorkerClients,
         tokenizer: Tokenizer,
         settings: OrchestratorSettings,
+        hints: PrefixHints,
+        metrics: RouterMetrics,
     ) -> None:
         self._registry = registry
         self.clients = clients
         self.tokenizer = tokenizer
         self.settings = settings
+        self.hints = hints
+        self.metrics = metrics
+        self.inflight = InFlightLoad()
         self._turn = 0
 
     async def run(self, request: ValidatedRequest, clock: RequestClock, emit: Emit) -> None:
@@ -87,11 +97,14 @@ class Orchestrator:
             await asyncio.shield(flow.legs.wind_down(self.clients, self.settings.control_timeout_s))
 
     async def _route(self, request: ValidatedRequest) -> RouteDecision:
-        workers = await self._registry.list_workers()
-        decision = pick_route(
-            workers, request.prompt_len, self.settings.policy, PolicyState(self._turn)
-        )
+        workers = self.inflight.overlay(await self._registry.list_workers())
+        matched = await self.hints.matched_pages(request.prompt_token_ids, workers)
+        route = RouteInput(request.prompt_len, matched)
+        decision = pick_route(workers, route, self.settings.policy, PolicyState(self._turn))
         self._turn += 1
+        prefilling = decision.prefill or decision.decode
+        hit_tokens = decision.expected_hit_pages * prefilling.layout.page_size
+        self.metrics.count_route(decision.reason, min(hit_tokens, request.prompt_len))
         return decision
 
     def stop_token_text(self, token_id: int) -> str:
@@ -166,9 +179,13 @@ class _RequestFlow:
         timeout_s = self._clock.remaining_s(self._settings.prefill_timeout_s)
         self._marks.sent_s = time.monotonic()
         self.legs.prefill_address = prefill_worker.address
-        result = await self._clients.prefill(
-            prefill_worker.address, self._request, kv_backend, timeout_s
+        uncached = self._request.prompt_len - self._decision.expected_hit_pages * (
+            prefill_worker.layout.page_size
         )
+        with self._orchestrator.inflight.prefilling(prefill_worker.worker_id, max(uncached, 0)):
+            result = await self._clients.prefill(
+                prefill_worker.address, self._request, kv_backend, timeout_s
+            )
         if result.handle is not None:
             self.legs.handoff = HandOff(
                 result.first_token_id, result.handle, prefill_worker.address
@@ -177,6 +194,10 @@ class _RequestFlow:
         return result
 
     async def _decode_leg(self, handoff: HandOff | None) -> None:
+        with self._orchestrator.inflight.streaming(self._decision.decode.worker_id):
+            await self._relay_decode(handoff)
+
+    async def _relay_decode(self, handoff: HandOff | None) -> None:
         address = self._decision.decode.address
         timeout_s = self._clock.remaining_s(self._settings.decode_timeout_s)
         if handoff is None:
@@ -233,6 +254,7 @@ class _RequestFlow:
         )
         await self._emit(completion)
         self.legs.completed = True
+        self._orchestrator.metrics.observe_completion(usage, completion.timing)
 
     def _prefill_stop_token(self, prefill: PrefillResult) -> int | None:
         """The stop token that made token #1 the last one, if that is why it was."""

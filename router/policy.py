@@ -1,25 +1,39 @@
-"""Route choice: pure functions of the worker snapshot, the prompt length and the policy.
+"""Route choice: pure functions of the worker snapshot, the prompt, the index hint and policy.
 
-Decision order for one request, among live workers only:
-    1. prompt_len <= colocate_threshold_tokens and a `both` worker exists -> colocated
-    2. a prefill worker and a decode worker that can pair exist          -> that pair
-    3. a `both` worker exists                                            -> colocated
+Decision order for one request, among routable workers (alive, not draining) only:
+    1. a worker that can prefill locally — a `both` worker, or a `decode` worker when
+       `conditional` is on — whose uncached remainder of the prompt is at most
+       `colocate_threshold_tokens` and which has free pages for the prompt
+                                                      -> colocated there (SHORT_PROMPT, or
+                                                         CACHED_REMAINDER when it holds a prefix)
+    2. a prefill worker and a decode worker that can pair exist
+                                                      -> that pair (PREFIX_HIT when the chosen
+                                                         prefill worker holds a prefix, else
+                                                         DISAGGREGATED)
+    3. a `both` worker exists                         -> colocated (NO_PAIR)
     4. otherwise NoWorkers (UNAVAILABLE)
+
+"Uncached remainder" on a worker = prompt_len - matched pages x page size, where matched
+pages come from the prefix index (`RouteInput.matched_pages`; a hint: missing = 0).
 
 Two workers pair when their KVLayouts are EQUAL and both hold the pair's KV backend: the
 topology's choice (kv_transfer/topology.py), or the `kv_backend` override when it can serve
 their topology. The decision names that backend; the prefill worker exports through it.
 
-Within a step, the named policy picks: `least_load` (prefill by queue then page usage,
-decode by running batch then free pages, ties by worker_id) or `round_robin` (workers
-sorted by id, position `state.turn`; the caller owns the turn counter and advances it).
+Within a step, the named policy picks:
+    prefix_aware  prefill by uncached remainder + its queued prefill tokens (the work the
+                  prompt would wait behind and cause), then by more matched pages
+    least_load    prefill by queued prefill tokens, then queue length, then page usage
+    round_robin   workers sorted by id, position `state.turn` (the caller advances it)
+and every policy picks the decode worker by running batch, then free pages, and a worker
+that prefills locally by its uncached remainder, then queued + running requests. Ties are broken by worker_id, so replicas with one snapshot make one choice.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from kv_transfer.pages import Role, TransportBackend
 from kv_transfer.topology import choose_backend
@@ -29,32 +43,50 @@ from router.registry import WorkerRecord
 
 
 class RouteReason(enum.Enum):
-    SHORT_PROMPT = "short_prompt"  # step 1
-    DISAGGREGATED = "disaggregated"  # step 2
+    SHORT_PROMPT = "short_prompt"  # step 1, nothing cached there
+    CACHED_REMAINDER = "cached_remainder"  # step 1, a cached prefix leaves a short remainder
+    PREFIX_HIT = "prefix_hit"  # step 2, the prefill worker holds a prefix
+    DISAGGREGATED = "disaggregated"  # step 2, no prefix held
     NO_PAIR = "no_pair"  # step 3: no compatible pair, a `both` worker serves it whole
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    name: PolicyName = PolicyName.LEAST_LOAD
+    name: PolicyName = PolicyName.PREFIX_AWARE
     colocate_threshold_tokens: int = 0
     kv_backend: TransportBackend | None = None  # overrides the topology's choice per pair
+    conditional: bool = True  # decode workers may prefill a short remainder themselves
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyState:
-    turn: int = 0  # round-robin position; ignored by least_load
+    turn: int = 0  # round-robin position; ignored by the other policies
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInput:
+    prompt_len: int
+    matched_pages: Mapping[str, int] = field(default_factory=dict)  # worker_id -> pages held
+
+    def matched(self, worker: WorkerRecord) -> int:
+        return self.matched_pages.get(worker.worker_id, 0)
+
+    def uncached(self, worker: WorkerRecord) -> int:
+        cached = self.matched(worker) * worker.layout.page_size
+        return max(0, self.prompt_len - cached)
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """`decode` streams the tokens; `prefill` is None when `decode` (a `both` worker) does
-    the whole request. `kv_backend` moves the KV from `prefill` to `decode` (None: colocated)."""
+    the whole request. `kv_backend` moves the KV from `prefill` to `decode` (None: colocated).
+    `expected_hit_pages`: pages the index says the prefilling worker holds."""
 
     reason: RouteReason
     decode: WorkerRecord
     prefill: WorkerRecord | None = None
     kv_backend: TransportBackend | None = None
+    expected_hit_pages: int = 0
 
     @property
     def is_colocated(self) -> bool:
@@ -63,7 +95,7 @@ class RouteDecision:
 
 def has_route(workers: Sequence[WorkerRecord], kv_backend: TransportBackend | None = None) -> bool:
     """Whether some request could be routed now (what the health check reports)."""
-    live = [w for w in workers if w.alive]
+    live = [w for w in workers if w.routable]
     return bool(_with_role(live, Role.BOTH) or _pairable_prefills(live, kv_backend))
 
 
@@ -83,19 +115,19 @@ def pair_backend(
 
 def pick_route(
     workers: Sequence[WorkerRecord],
-    prompt_len: int,
+    route: RouteInput,
     config: PolicyConfig,
     state: PolicyState = PolicyState(),
 ) -> RouteDecision:
-    """Picks where a prompt of `prompt_len` tokens runs. Raises NoWorkers if nowhere."""
-    live = [w for w in workers if w.alive]
-    both = _with_role(live, Role.BOTH)
-    if both and prompt_len <= config.colocate_threshold_tokens:
-        return RouteDecision(RouteReason.SHORT_PROMPT, _choose(both, _colocated_key, config, state))
+    """Picks where the prompt runs. Raises NoWorkers if nowhere."""
+    live = [w for w in workers if w.routable]
+    local = _local_prefill(live, route, config, state)
+    if local is not None:
+        return local
     override = config.kv_backend
     prefills = _pairable_prefills(live, override)
     if prefills:
-        prefill = _choose(prefills, _prefill_key, config, state)
+        prefill = _choose(prefills, _prefill_key(config.name, route), config, state)
         decodes = [
             w
             for w in _with_role(live, Role.DECODE)
@@ -103,12 +135,42 @@ def pick_route(
         ]
         decode = _choose(decodes, _decode_key, config, state)
         backend = pair_backend(prefill, decode, override)
-        return RouteDecision(RouteReason.DISAGGREGATED, decode, prefill, backend)
+        hit = route.matched(prefill)
+        reason = RouteReason.PREFIX_HIT if hit else RouteReason.DISAGGREGATED
+        return RouteDecision(reason, decode, prefill, backend, hit)
+    both = _with_role(live, Role.BOTH)
     if both:
-        return RouteDecision(RouteReason.NO_PAIR, _choose(both, _colocated_key, config, state))
+        worker = _choose(both, _colocated_key, config, state)
+        return RouteDecision(RouteReason.NO_PAIR, worker, expected_hit_pages=route.matched(worker))
     raise NoWorkers(
         "no live worker (or prefill/decode pair with one KV layout and backend) can serve requests"
     )
+
+
+def _local_prefill(
+    live: Sequence[WorkerRecord], route: RouteInput, config: PolicyConfig, state: PolicyState
+) -> RouteDecision | None:
+    """Step 1: a worker that prefills the short uncached remainder itself, if one can."""
+    roles = (Role.BOTH, Role.DECODE) if config.conditional else (Role.BOTH,)
+    candidates = [
+        w
+        for w in live
+        if w.role in roles
+        and route.uncached(w) <= config.colocate_threshold_tokens
+        and _has_room(w, route.prompt_len)
+    ]
+    if not candidates:
+        return None
+    worker = _choose(candidates, lambda w: (route.uncached(w), *_colocated_key(w)), config, state)
+    hit = route.matched(worker)
+    reason = RouteReason.CACHED_REMAINDER if hit else RouteReason.SHORT_PROMPT
+    return RouteDecision(reason, worker, expected_hit_pages=hit)
+
+
+def _has_room(worker: WorkerRecord, prompt_len: int) -> bool:
+    """Free pages for the prompt; a pool of unknown size is given the benefit of the doubt."""
+    load = worker.load
+    return not load.pages_total or load.pages_available >= worker.layout.num_pages_for(prompt_len)
 
 
 def _with_role(workers: Sequence[WorkerRecord], role: Role) -> list[WorkerRecord]:
@@ -139,8 +201,20 @@ def _choose(
     return min(candidates, key=least_load_key)
 
 
-def _prefill_key(worker: WorkerRecord) -> tuple:
-    return (worker.load.queue_len, worker.load.page_usage, worker.worker_id)
+def _prefill_key(name: PolicyName, route: RouteInput) -> Callable[[WorkerRecord], tuple]:
+    if name is PolicyName.PREFIX_AWARE:
+        return lambda w: (
+            route.uncached(w) + w.load.queued_prefill_tokens,
+            -route.matched(w),
+            w.load.queue_len,
+            w.worker_id,
+        )
+    return lambda w: (
+        w.load.queued_prefill_tokens,
+        w.load.queue_len,
+        w.load.page_usage,
+        w.worker_id,
+    )
 
 
 def _decode_key(worker: WorkerRecord) -> tuple:

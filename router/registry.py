@@ -35,10 +35,18 @@ class WorkerLoad:
     transfers_in_flight: int = 0
     request_pages: int = 0
     integrity_ok: bool = True
+    queued_prefill_tokens: int = 0  # prompt tokens admitted, not computed yet
+    draining: bool = False  # takes no new routes
+    drained: bool = False  # draining and idle: may be stopped
 
     @property
     def pages_free(self) -> int:
         return self.pages_total - self.pages_in_use
+
+    @property
+    def pages_available(self) -> int:
+        """Pages a new request could get: free ones plus idle cached ones (evictable)."""
+        return self.pages_total - self.request_pages
 
     @property
     def page_usage(self) -> float:
@@ -63,6 +71,11 @@ class WorkerRecord:
     load: WorkerLoad = field(default_factory=WorkerLoad)
     alive: bool = True  # false once the monitor gave up on it; routing skips it
     last_seen_s: float = field(default_factory=time.time)  # unix time of its last report
+
+    @property
+    def routable(self) -> bool:
+        """Whether new requests may be routed here."""
+        return self.alive and not self.load.draining
 
     @property
     def topology(self) -> PeerTopology:
@@ -101,6 +114,15 @@ class WorkerRegistry(ABC):
     @abstractmethod
     async def get(self, worker_id: str) -> WorkerRecord | None:
         """A copy of the worker's record, or None."""
+
+    async def sync(self) -> list[str]:
+        """Takes in what other routers shared (once per monitor round); returns the ids of
+        workers dropped because they are gone. A registry shared with nobody drops none."""
+        return []
+
+    async def close(self) -> None:
+        """Releases connections; the registry is not used afterwards."""
+        return None
 
 
 class InMemoryRegistry(WorkerRegistry):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,13 +24,18 @@ import pdserve
 from engine.config import ModelConfig
 from pdserve.v1 import generation_pb2
 from router import api_proto
+from router.backends import make_index, make_registry
+from router.breaker import BreakerState
 from router.config import RouterConfig
 from router.errors import Cancelled, InvalidArgument, RouterError, internal_status, to_status
 from router.events import RequestClock, StreamEvent
+from router.metrics import RouterMetrics
 from router.monitor import WorkerMonitor
 from router.orchestrator import Orchestrator, OrchestratorSettings
+from router.page_feed import PageEventFeed
 from router.policy import PolicyConfig, has_route
-from router.registry import InMemoryRegistry, WorkerRecord, WorkerRegistry
+from router.prefix_hints import PrefixHints
+from router.registry import WorkerRecord, WorkerRegistry
 from router.requests import RequestTable
 from router.tokenizer import Tokenizer
 from router.validation import (
@@ -56,6 +62,23 @@ class GenerationServicer:
         request: generation_pb2.GenerateRequest | api_proto.UndecodableRequest,
         context: grpc.aio.ServicerContext,
     ) -> None:
+        metrics = self._router.metrics
+        with metrics.track_running():
+            try:
+                status = await self._generate(request, context)
+            except asyncio.CancelledError:  # the client went away (or its deadline passed)
+                metrics.count_request(grpc.StatusCode.CANCELLED)
+                raise
+            metrics.count_request(status.code if status is not None else grpc.StatusCode.OK)
+            if status is not None:
+                await context.abort_with_status(status)
+
+    async def _generate(
+        self,
+        request: generation_pb2.GenerateRequest | api_proto.UndecodableRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> grpc.Status | None:
+        """Serves one Generate call; returns the error status it ends with (None: OK)."""
         request_id = ""
         try:
             if isinstance(request, api_proto.UndecodableRequest):
@@ -66,10 +89,11 @@ class GenerationServicer:
             validated = await asyncio.to_thread(self._router.validator.validate, raw, request_id)
             await self._admitted_run(validated, clock, context)
         except RouterError as error:
-            await context.abort_with_status(to_status(error, request_id))
+            return to_status(error, request_id)
         except Exception:  # CancelledError is not an Exception: cancellation passes through
             log.exception("request %s failed unexpectedly", request_id)
-            await context.abort_with_status(internal_status(request_id))
+            return internal_status(request_id)
+        return None
 
     async def _admitted_run(
         self, validated: ValidatedRequest, clock: RequestClock, context: grpc.aio.ServicerContext
@@ -147,9 +171,17 @@ class RouterServer:
     `await server.stop(grace_s)`.
     """
 
-    def __init__(self, config: RouterConfig, registry: WorkerRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        registry: WorkerRegistry | None = None,
+        extra_services: Callable[[grpc.aio.Server], None] | None = None,
+    ) -> None:
         self.config = config
-        self.registry = registry if registry is not None else InMemoryRegistry()
+        self._extra_services = extra_services  # e.g. the launcher's pdserve.v1.Cluster
+        self.registry = registry if registry is not None else make_registry(config)
+        self.index = make_index(config)
+        self.metrics = RouterMetrics()
         self.model = ModelConfig.from_dir(config.model_dir)
         tokenizer = Tokenizer.from_dir(config.model_dir)
         self.validator = RequestValidator(
@@ -158,8 +190,15 @@ class RouterServer:
         self.requests = RequestTable(config.max_concurrent_requests, config.overload_retry_after_s)
         self.clients = WorkerClients(config.grpc_max_message_bytes, config.overload_retry_after_s)
         self.orchestrator = Orchestrator(
-            self.registry, self.clients, tokenizer, _settings(config, self.model)
+            self.registry,
+            self.clients,
+            tokenizer,
+            _settings(config, self.model),
+            PrefixHints(self.index, self.metrics.count_index_error),
+            self.metrics,
         )
+        self.feed = PageEventFeed(self.index, self.clients)
+        self.index.breaker.add_listener(self._on_index_state)
         self.health = health_aio.HealthServicer()
         self.monitor = WorkerMonitor(
             self.registry,
@@ -167,10 +206,11 @@ class RouterServer:
             config.stats_poll_period_s,
             config.worker_dead_after_failures,
             config.control_rpc_timeout_s,
-            on_round=self._update_health,
+            on_round=self._after_round,
         )
         self._server: grpc.aio.Server | None = None
         self._port = 0
+        self.metrics_port = 0  # the bound /metrics port; 0 while not serving metrics
 
     @property
     def port(self) -> int:
@@ -180,8 +220,23 @@ class RouterServer:
     async def add_worker(self, address: str) -> WorkerRecord:
         """Registers the worker at `address` from its own GetStats; raises WorkerUnavailable."""
         record = await self.monitor.discover(address)
-        await self._update_health(await self.registry.list_workers())
+        await self._after_round(await self.registry.list_workers())
         return record
+
+    async def drain_worker(self, worker_id: str) -> bool:
+        """Asks the worker to drain and takes it out of routing at once (other routers see
+        its flag at their next poll). Returns whether it is drained: idle, safe to stop."""
+        record = await self.registry.get(worker_id)
+        if record is None:
+            return True
+        drained = await self.clients.drain(record.address, self.config.control_rpc_timeout_s)
+        await self.monitor.poll(record)
+        return drained
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forgets the worker: registry record and index entries."""
+        await self.registry.deregister(worker_id)
+        await self._after_round(await self.registry.list_workers())
 
     async def start(self) -> None:
         options = [
@@ -190,6 +245,8 @@ class RouterServer:
         ]
         server = grpc.aio.server(options=options)
         add_generation_service(GenerationServicer(self), server)
+        if self._extra_services is not None:
+            self._extra_services(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -200,9 +257,11 @@ class RouterServer:
             server,
         )
         self._port = server.add_insecure_port(self.config.bind_address)
-        await self._update_health(await self.registry.list_workers())
+        await self._after_round(await self.registry.list_workers())
         await server.start()
         self._server = server
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
         self.monitor.start()
         log.info("router serving %s on port %d", self.config.served_model, self._port)
 
@@ -211,13 +270,30 @@ class RouterServer:
         server, self._server = self._server, None
         await self.health.enter_graceful_shutdown()
         await self.monitor.stop()
+        await self.feed.stop()
         if server is not None:
             await server.stop(grace_s)
         await self.clients.close()
+        await self.index.close()
+        await self.registry.close()
+        self.metrics.close()
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+    def _on_index_state(self, old: BreakerState, new: BreakerState) -> None:
+        self.metrics.set_index_state(new)
+        if new is BreakerState.CLOSED:  # back after an outage: rebuild it from the workers
+            self.feed.resync()
+
+    async def _after_round(self, workers: list[WorkerRecord]) -> None:
+        """After each monitor round: take in other routers' registrations (dropping workers
+        gone everywhere), follow the live workers' page events, update health."""
+        if await self.registry.sync():
+            workers = await self.registry.list_workers()
+        await self.feed.sync(workers)
+        await self._update_health(workers)
 
     async def _update_health(self, workers: list[WorkerRecord]) -> None:
         status = health_pb2.HealthCheckResponse.SERVING
@@ -240,7 +316,10 @@ async def serve(config: RouterConfig, registry: WorkerRegistry | None = None) ->
 def _settings(config: RouterConfig, model: ModelConfig) -> OrchestratorSettings:
     return OrchestratorSettings(
         policy=PolicyConfig(
-            config.routing_policy, config.colocate_threshold_tokens, config.kv_backend
+            config.routing_policy,
+            config.colocate_threshold_tokens,
+            config.kv_backend,
+            config.conditional_disaggregation,
         ),
         eos_token_ids=model.eos_token_ids,
         prefill_timeout_s=config.prefill_timeout_s,

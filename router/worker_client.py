@@ -21,6 +21,7 @@ from kv_transfer.pages import KVHandle, Role, TransportBackend
 from kv_transfer.wire import handle_from_proto, handle_to_proto, layout_from_proto
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
 from router.errors import DeadlineExceeded, Overloaded, RouterError, WorkerUnavailable
+from router.prefix_index import EventBatch, IndexEvent
 from router.registry import WorkerLoad, WorkerRecord
 from router.validation import ValidatedRequest
 
@@ -121,6 +122,26 @@ class WorkerClients:
         reply = await self._unary(address, "GetStats", worker_pb2.GetStatsRequest(), timeout_s)
         return _parsed(_record_from_stats, reply, address)
 
+    async def drain(self, address: str, timeout_s: float) -> bool:
+        """Asks the worker to drain; returns whether it is drained already."""
+        reply = await self._unary(address, "Drain", worker_pb2.DrainRequest(), timeout_s)
+        return reply.drained
+
+    async def watch_page_events(
+        self, worker_id: str, address: str, epoch: int, after_seq: int
+    ) -> AsyncIterator[EventBatch]:
+        """The worker's page-event stream from (epoch, after_seq); it ends only with the worker
+        (WorkerUnavailable) or when the iterator is closed."""
+        request = worker_pb2.WatchPageEventsRequest(epoch=epoch, after_seq=after_seq)
+        call = self._stub(address).WatchPageEvents(request)
+        try:
+            async for batch in call:
+                yield _batch_from_proto(worker_id, batch)
+        except grpc.aio.AioRpcError as error:
+            raise self._translate(error, address) from None
+        finally:
+            call.cancel()
+
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
@@ -215,6 +236,11 @@ def _decode_from_proto(chunk: worker_pb2.DecodeChunk) -> DecodeUpdate:
     )
 
 
+def _batch_from_proto(worker_id: str, batch: worker_pb2.PageEventBatch) -> EventBatch:
+    events = tuple(IndexEvent(e.stored, e.page_hash, e.seq) for e in batch.events)
+    return EventBatch(worker_id, batch.epoch, events, batch.last_seq, batch.reset)
+
+
 def _record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
     """Raises ValueError for an unknown role, backend or an invalid layout."""
     info = stats.info
@@ -227,6 +253,9 @@ def _record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
         transfers_in_flight=info.transfers_in_flight,
         request_pages=info.request_pages,
         integrity_ok=info.integrity_ok,
+        queued_prefill_tokens=info.queued_prefill_tokens,
+        draining=info.draining,
+        drained=info.drained,
     )
     return WorkerRecord(
         worker_id=info.worker_id,

@@ -1,4 +1,4 @@
-"""Session-wide fixtures: one converted model and one Ray cluster per test session.
+"""Session-wide fixtures: one converted model, one Ray cluster and one redis-server per session.
 
 Test modules add their own fixtures in their folder's conftest.py, not here.
 """
@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.redis_server import RedisServer
 
 DEFAULT_CACHE = Path.home() / ".cache" / "pdserve" / "models"
 
@@ -48,3 +50,21 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server on a free loopback port; tests may kill, pause or restart it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis-server, running (again, if a test killed or paused it) and empty."""
+    if redis_server.is_paused:
+        redis_server.resume()
+    if not redis_server.is_running:
+        redis_server.restart()
+    redis_server.flush()
+    return redis_server.url

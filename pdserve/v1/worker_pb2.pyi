@@ -200,3 +200,43 @@ class WorkerStats(_message.Message):
     kv_exports: _containers.ScalarMap[str, int]
     kv_fetches: _containers.ScalarMap[str, int]
     def __init__(self, info: _Optional[_Union[_generation_pb2.WorkerInfo, _Mapping]] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ..., kv_backends: _Optional[_Iterable[str]] = ..., kv_exports: _Optional[_Mapping[str, int]] = ..., kv_fetches: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class WatchPageEventsRequest(_message.Message):
+    __slots__ = ("epoch", "after_seq")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    after_seq: int
+    def __init__(self, epoch: _Optional[int] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class PageEvent(_message.Message):
+    __slots__ = ("stored", "page_hash", "seq")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_HASH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    stored: bool
+    page_hash: bytes
+    seq: int
+    def __init__(self, stored: _Optional[bool] = ..., page_hash: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class PageEventBatch(_message.Message):
+    __slots__ = ("epoch", "reset", "events", "last_seq")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    reset: bool
+    events: _containers.RepeatedCompositeFieldContainer[PageEvent]
+    last_seq: int
+    def __init__(self, epoch: _Optional[int] = ..., reset: _Optional[bool] = ..., events: _Optional[_Iterable[_Union[PageEvent, _Mapping]]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("drained",)
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    drained: bool
+    def __init__(self, drained: _Optional[bool] = ...) -> None: ...

@@ -64,6 +64,16 @@ class WorkerStub:
                 request_serializer=pdserve_dot_v1_dot_worker__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=pdserve_dot_v1_dot_worker__pb2.WorkerStats.FromString,
                 _registered_method=True)
+        self.WatchPageEvents = channel.unary_stream(
+                '/pdserve.v1.Worker/WatchPageEvents',
+                request_serializer=pdserve_dot_v1_dot_worker__pb2.WatchPageEventsRequest.SerializeToString,
+                response_deserializer=pdserve_dot_v1_dot_worker__pb2.PageEventBatch.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/pdserve.v1.Worker/Drain',
+                request_serializer=pdserve_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
+                response_deserializer=pdserve_dot_v1_dot_worker__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -110,6 +120,22 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPageEvents(self, request, context):
+        """The prefix cache's page events after `after_seq`, as a stream that stays open. The first
+        batch is a snapshot (`reset`) when the events asked for are gone or `epoch` is not this
+        incarnation's; after a snapshot, events continue from its `last_seq`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Stops taking routes (reported as `draining`); work already sent still completes. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +168,16 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=pdserve_dot_v1_dot_worker__pb2.GetStatsRequest.FromString,
                     response_serializer=pdserve_dot_v1_dot_worker__pb2.WorkerStats.SerializeToString,
+            ),
+            'WatchPageEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPageEvents,
+                    request_deserializer=pdserve_dot_v1_dot_worker__pb2.WatchPageEventsRequest.FromString,
+                    response_serializer=pdserve_dot_v1_dot_worker__pb2.PageEventBatch.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=pdserve_dot_v1_dot_worker__pb2.DrainRequest.FromString,
+                    response_serializer=pdserve_dot_v1_dot_worker__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +342,60 @@ class Worker:
             '/pdserve.v1.Worker/GetStats',
             pdserve_dot_v1_dot_worker__pb2.GetStatsRequest.SerializeToString,
             pdserve_dot_v1_dot_worker__pb2.WorkerStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPageEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pdserve.v1.Worker/WatchPageEvents',
+            pdserve_dot_v1_dot_worker__pb2.WatchPageEventsRequest.SerializeToString,
+            pdserve_dot_v1_dot_worker__pb2.PageEventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdserve.v1.Worker/Drain',
+            pdserve_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
+            pdserve_dot_v1_dot_worker__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

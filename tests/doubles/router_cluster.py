@@ -38,7 +38,14 @@ async def router_cluster(
     """Starts `workers`, registers them by address, starts the router; tears all down."""
     for worker in workers:
         await worker.start()
-    settings = {"model_dir": model_dir, "port": 0, "stats_poll_period_s": 0.05, **config}
+    # Short test prompts take the (prefill, decode) pair unless a test asks for colocation.
+    settings = {
+        "model_dir": model_dir,
+        "port": 0,
+        "stats_poll_period_s": 0.05,
+        "colocate_threshold_tokens": 0,
+        **config,
+    }
     router = RouterServer(RouterConfig(**settings))
     channel = None
     try:

@@ -8,7 +8,7 @@ import pytest
 
 from kv_transfer.pages import KVLayout, Role, TransportBackend
 from router.errors import NoWorkers
-from router.policy import PolicyConfig, has_route, pick_route
+from router.policy import PolicyConfig, RouteInput, has_route, pick_route
 from router.registry import WorkerLoad, WorkerRecord
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=8, page_size=4, dtype="float32")
@@ -32,7 +32,7 @@ def make_worker(
 
 
 def routed(workers, kv_backend=None) -> tuple[str, str, TransportBackend | None]:
-    decision = pick_route(workers, 100, PolicyConfig(kv_backend=kv_backend))
+    decision = pick_route(workers, RouteInput(100), PolicyConfig(kv_backend=kv_backend))
     return decision.prefill.worker_id, decision.decode.worker_id, decision.kv_backend
 
 
@@ -79,6 +79,6 @@ def test_an_override_no_pair_can_use_leaves_no_route(nodes, kv_backends, overrid
         make_worker("d0", Role.DECODE, nodes[1], kv_backends),
     ]
     with pytest.raises(NoWorkers):
-        pick_route(workers, 100, PolicyConfig(kv_backend=override))
+        pick_route(workers, RouteInput(100), PolicyConfig(kv_backend=override))
     assert not has_route(workers, override)
     assert has_route(workers)  # the override alone is what leaves them unpaired

@@ -7,7 +7,14 @@ import pytest
 from kv_transfer.pages import KVLayout, Role
 from router.config import PolicyName
 from router.errors import NoWorkers
-from router.policy import PolicyConfig, PolicyState, RouteReason, has_route, pick_route
+from router.policy import (
+    PolicyConfig,
+    PolicyState,
+    RouteInput,
+    RouteReason,
+    has_route,
+    pick_route,
+)
 from router.registry import WorkerLoad, WorkerRecord
 
 LAYOUT_A = KVLayout(num_layers=2, num_kv_heads=1, head_dim=8, page_size=4, dtype="float32")
@@ -32,7 +39,7 @@ def make_worker(
 
 
 def picked(workers, prompt_len=100, config=LEAST_LOAD, turn=0) -> tuple[str | None, str]:
-    decision = pick_route(workers, prompt_len, config, PolicyState(turn))
+    decision = pick_route(workers, RouteInput(prompt_len), config, PolicyState(turn))
     prefill = decision.prefill.worker_id if decision.prefill else None
     return prefill, decision.decode.worker_id
 
@@ -80,7 +87,7 @@ def test_layout_mismatch_alone_means_no_route():
     workers = [make_worker("p0", Role.PREFILL), make_worker("d0", Role.DECODE, layout=LAYOUT_B)]
     assert not has_route(workers)
     with pytest.raises(NoWorkers):
-        pick_route(workers, 100, LEAST_LOAD)
+        pick_route(workers, RouteInput(100), LEAST_LOAD)
 
 
 def test_round_robin_cycles_each_pool_in_worker_id_order():
@@ -105,21 +112,28 @@ def test_round_robin_cycles_each_pool_in_worker_id_order():
 def test_prompts_up_to_the_threshold_go_to_a_both_worker(prompt_len, expected, reason):
     workers = [make_worker("p0", Role.PREFILL), make_worker("d0", Role.DECODE)]
     workers.append(make_worker("b0", Role.BOTH))
-    decision = pick_route(workers, prompt_len, LEAST_LOAD)
+    decision = pick_route(workers, RouteInput(prompt_len), LEAST_LOAD)
     prefill = decision.prefill or decision.decode
     assert (prefill.worker_id, decision.decode.worker_id) == expected
     assert decision.reason is reason
     assert decision.is_colocated is (reason is RouteReason.SHORT_PROMPT)
 
 
-def test_short_prompt_without_a_both_worker_uses_the_pair():
+def test_short_prompt_without_a_both_worker_is_prefilled_by_the_decode_worker():
     workers = [make_worker("p0", Role.PREFILL), make_worker("d0", Role.DECODE)]
-    assert picked(workers, prompt_len=1) == ("p0", "d0")
+    assert picked(workers, prompt_len=8) == (None, "d0")
+    assert picked(workers, prompt_len=9) == ("p0", "d0")
+
+
+def test_without_conditional_disaggregation_short_prompts_use_the_pair():
+    workers = [make_worker("p0", Role.PREFILL), make_worker("d0", Role.DECODE)]
+    config = PolicyConfig(PolicyName.LEAST_LOAD, colocate_threshold_tokens=8, conditional=False)
+    assert picked(workers, prompt_len=1, config=config) == ("p0", "d0")
 
 
 def test_without_a_pair_a_both_worker_serves_long_prompts():
     workers = [make_worker("p0", Role.PREFILL), make_worker("b0", Role.BOTH)]
-    decision = pick_route(workers, 5000, LEAST_LOAD)
+    decision = pick_route(workers, RouteInput(5000), LEAST_LOAD)
     assert (decision.reason, decision.decode.worker_id) == (RouteReason.NO_PAIR, "b0")
     assert decision.prefill is None
 
@@ -145,6 +159,6 @@ def test_no_live_worker_raises_no_workers():
     workers = [make_worker("b0", Role.BOTH, alive=False), make_worker("d0", Role.DECODE)]
     assert not has_route(workers)
     with pytest.raises(NoWorkers):
-        pick_route(workers, 1, LEAST_LOAD)
+        pick_route(workers, RouteInput(100), LEAST_LOAD)
     with pytest.raises(NoWorkers):
-        pick_route([], 1, LEAST_LOAD)
+        pick_route([], RouteInput(1), LEAST_LOAD)
