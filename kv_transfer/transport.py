@@ -76,3 +76,4 @@ class KVTransport(ABC):
 
     def close(self) -> None:
         """Releases every exported transfer and any connection. Safe to call twice."""
+        return None

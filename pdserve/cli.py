@@ -1,4 +1,4 @@
-"""`pdserve` command line: up, generate, status."""
+"""`pdserve` command line: up, generate, status, scale."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from pdserve import client
-from pdserve.v1 import generation_pb2
+from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2
+from router.config import PolicyName
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_up(commands.add_parser("up", help="start a local cluster and serve until Ctrl-C"))
     _add_generate(commands.add_parser("generate", help="stream one completion to stdout"))
     _add_status(commands.add_parser("status", help="show every worker's state"))
+    _add_scale(
+        commands.add_parser(
+            "scale", help="grow or shrink the pools of a running `pdserve up` (drains workers)"
+        )
+    )
     return parser
 
 
@@ -40,6 +46,15 @@ def _add_up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--colocated", dest="num_colocated", type=int, help="workers of role both (default 0)"
     )
+    parser.add_argument(
+        "--ratio", help="prefill:decode ratio, e.g. 1:3, with --workers instead of the counts"
+    )
+    parser.add_argument(
+        "--workers",
+        dest="num_workers",
+        type=int,
+        help="prefill + decode workers to split by --ratio",
+    )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"])
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
@@ -48,6 +63,29 @@ def _add_up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads-per-worker", dest="threads_per_worker", type=int)
     parser.add_argument(
         "--transport", choices=["shm", "gloo"], help="KV backend (default: per pair)"
+    )
+    parser.add_argument(
+        "--policy",
+        dest="routing_policy",
+        choices=[policy.value for policy in PolicyName],
+        help="routing policy (default prefix_aware)",
+    )
+    parser.add_argument("--redis-url", dest="redis_url", help="shared registry and prefix index")
+    parser.add_argument(
+        "--metrics-port", dest="metrics_port", type=int, help="router /metrics port (0: any)"
+    )
+    parser.add_argument(
+        "--worker-metrics",
+        dest="worker_metrics",
+        action="store_true",
+        default=None,
+        help="every worker serves /metrics on a free port (see `pdserve status`)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        dest="drain_timeout_s",
+        type=float,
+        help="seconds `pdserve scale` waits for a worker to drain before stopping it",
     )
     parser.set_defaults(run=_run_up)
 
@@ -73,13 +111,36 @@ def _add_status(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_run_status)
 
 
-def _run_up(args: argparse.Namespace) -> int:
+def _add_scale(parser: argparse.ArgumentParser) -> None:
+    """Sizes not given stay as they are; shrinking drains the newest workers first."""
+    parser.add_argument(
+        "--prefill", dest="num_prefill", type=int, metavar="N", help="prefill workers"
+    )
+    parser.add_argument("--decode", dest="num_decode", type=int, metavar="N", help="decode workers")
+    parser.add_argument(
+        "--colocated", dest="num_colocated", type=int, metavar="N", help="workers of role both"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds")
+    parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
+    parser.set_defaults(run=_run_scale)
+
+
+def up_config(args: argparse.Namespace):
+    """The ClusterConfig `pdserve up` runs with: flags > PDSERVE_* > --config YAML > defaults.
+
+    Raises ValueError (pydantic's ValidationError) naming the setting at fault."""
     from pdserve.config import ClusterConfig
-    from pdserve.launch import serve_forever
 
     flags = {key: value for key, value in vars(args).items() if key not in ("run", "config")}
+    return ClusterConfig.load(args.config, **flags)
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from pdserve.launch import serve_forever
+
     try:
-        config = ClusterConfig.load(args.config, **flags)
+        config = up_config(args)
     except ValueError as exc:
         print(f"pdserve up: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +207,42 @@ def _print_figures(completion: client.Completion) -> None:
     )
 
 
+def scale_request(args: argparse.Namespace) -> cluster_pb2.ScaleRequest:
+    """`pdserve scale` flags as a ScaleRequest: a size not given is not set (kept as is)."""
+    sizes = {name: getattr(args, name) for name in ("num_prefill", "num_decode", "num_colocated")}
+    return cluster_pb2.ScaleRequest(**{k: v for k, v in sizes.items() if v is not None})
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    channel = grpc.insecure_channel(args.address)
+    try:
+        stub = cluster_pb2_grpc.ClusterStub(channel)
+        response = stub.Scale(scale_request(args), timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    if args.json:
+        print(json.dumps(MessageToDict(response, always_print_fields_with_no_presence=True)))
+    else:
+        _print_scale(response)
+    return 0
+
+
+def _print_scale(response: cluster_pb2.ScaleResponse) -> None:
+    for worker_id in response.added:
+        print(f"added   {worker_id}")
+    for removed in response.removed:
+        how = "drained" if removed.drained else "NOT drained: stopped at the drain timeout"
+        print(f"removed {removed.worker_id} ({how}, {removed.drain_s:.1f} s)")
+    pools = response.pools
+    print(
+        f"pools: {pools.num_prefill} prefill, {pools.num_decode} decode, "
+        f"{pools.num_colocated} colocated"
+    )
+
+
 # (header, WorkerInfo field): short headers keep the table readable in 80 columns.
 _STATUS_COLUMNS = (
     ("worker", "worker_id"),
@@ -162,6 +259,7 @@ _STATUS_COLUMNS = (
     ("leases", "leases_outstanding"),
     ("xfer", "transfers_in_flight"),
     ("ok", "integrity_ok"),
+    ("metrics", "metrics_port"),
 )
 
 
@@ -190,9 +288,17 @@ def _print_status_table(info: generation_pb2.ServerInfo) -> None:
     )
     for header, _ in _STATUS_COLUMNS:
         table.add_column(header, no_wrap=True)
+    table.add_column("drain", no_wrap=True)
     for worker in info.workers:
-        table.add_row(*(str(getattr(worker, field)) for _, field in _STATUS_COLUMNS))
+        cells = [str(getattr(worker, field)) for _, field in _STATUS_COLUMNS]
+        table.add_row(*cells, _drain_state(worker))
     Console(width=160).print(table)
+
+
+def _drain_state(worker: generation_pb2.WorkerInfo) -> str:
+    if worker.drained:
+        return "drained"
+    return "draining" if worker.draining else "-"
 
 
 if __name__ == "__main__":

@@ -1,19 +1,30 @@
 """The local cluster's configuration: flags > environment (PDSERVE_*) > YAML file > defaults.
 
 Read once by the CLI into a frozen object; nothing below the CLI reads the environment.
+
+The pools are sized either directly (num_prefill, num_decode) or by `ratio` with
+`num_workers`, which set num_prefill and num_decode (see `split_ratio`); num_colocated adds
+to either. The two ways exclude each other: when both are given, the one from the
+higher-precedence source wins (`load`); given together in one source, it is an error.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from engine.builder import DEFAULT_MODEL_CACHE
 from kv_transfer.pages import TransportBackend
+from router.config import PolicyName
+
+_RATIO = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
+_DIRECT_SIZES = ("num_prefill", "num_decode")
+_RATIO_SIZES = ("ratio", "num_workers")
 
 
 class ClusterConfig(BaseSettings):
@@ -27,6 +38,14 @@ class ClusterConfig(BaseSettings):
     num_prefill: int = Field(1, ge=0, description="Prefill workers.")
     num_decode: int = Field(1, ge=0, description="Decode workers.")
     num_colocated: int = Field(0, ge=0, description="Workers that prefill and decode (role both).")
+    ratio: str | None = Field(
+        None,
+        description="Prefill:decode ratio, e.g. 1:3; with num_workers it sets num_prefill and "
+        "num_decode instead of giving them.",
+    )
+    num_workers: int | None = Field(
+        None, ge=2, description="Prefill plus decode workers to split by `ratio`."
+    )
     host: str = Field("127.0.0.1", description="Router bind address.")
     port: int = Field(50051, ge=0, le=65535, description="Router port (0 picks a free one).")
     page_size: int = Field(16, ge=1, le=1024, description="Tokens per KV page.")
@@ -40,9 +59,69 @@ class ClusterConfig(BaseSettings):
     )
     lease_ttl_s: float = Field(30.0, gt=0, description="Pins of handed-off pages without an ack.")
     max_concurrent_requests: int = Field(256, ge=1, description="Router admission bound.")
+    routing_policy: PolicyName = Field(
+        PolicyName.PREFIX_AWARE,
+        description="How the router picks workers: prefix_aware, least_load or round_robin.",
+    )
+    conditional_disaggregation: bool = Field(
+        True,
+        description="Decode workers may prefill a short (or mostly cached) prompt themselves "
+        "instead of taking it from a prefill worker.",
+    )
+    redis_url: str = Field(
+        "",
+        description="Redis for the router's shared registry and prefix index "
+        "(redis://[:password@]host:port/db, rediss:// for TLS); empty = in-memory.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="The router's Prometheus /metrics HTTP port; 0 = ephemeral, unset = off.",
+    )
+    worker_metrics: bool = Field(
+        False,
+        description="Every worker serves /metrics on an ephemeral port (`pdserve status` "
+        "shows which).",
+    )
+    drain_quiet_s: float = Field(
+        3.0,
+        gt=0,
+        description="A draining worker counts as drained after this long without a new "
+        "request (longer than the router's 1 s stats period).",
+    )
+    drain_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="`pdserve scale` stops a worker this long after asking it to drain, "
+        "drained or not (the reply says which).",
+    )
     ray_address: str | None = Field(
         None, description="Join this Ray cluster instead of starting one."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sizes_from_ratio(cls, data: Any) -> Any:
+        """ratio + num_workers → num_prefill + num_decode. A size given as None counts as not
+        given (how `load` lets a higher source's ratio replace a lower one's sizes)."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if not (k in _DIRECT_SIZES and v is None)}
+        ratio, total = data.get("ratio"), data.get("num_workers")
+        if ratio is None and total is None:
+            return data
+        if ratio is None:
+            raise ValueError("num_workers: needs a ratio to split it by (e.g. ratio 1:3)")
+        if total is None:
+            raise ValueError(f"ratio: needs num_workers, the total to split by {ratio}")
+        given = [key for key in _DIRECT_SIZES if key in data]
+        if given:
+            raise ValueError(f"ratio: give ratio with num_workers or {'/'.join(given)}, not both")
+        data["num_prefill"], data["num_decode"] = split_ratio(
+            parse_ratio(ratio), _parse_total(total)
+        )
+        return data
 
     @model_validator(mode="after")
     def _has_a_route(self) -> ClusterConfig:
@@ -60,6 +139,11 @@ class ClusterConfig(BaseSettings):
             )
         return self
 
+    @property
+    def worker_metrics_port(self) -> int | None:
+        """What each worker's metrics_port is set to: ephemeral, or off."""
+        return 0 if self.worker_metrics else None
+
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> ClusterConfig:
         """Merges the sources; flags that are None count as not given."""
@@ -67,10 +151,57 @@ class ClusterConfig(BaseSettings):
         unknown = set(file_values) - set(cls.model_fields)
         if unknown:
             raise ValueError(f"{config_file}: unknown settings {sorted(unknown)}")
-        from_env = cls()  # defaults and PDSERVE_* only; fields_set names what the env set
-        env_values = {key: getattr(from_env, key) for key in from_env.model_fields_set}
+        env_values = EnvSettingsSource(cls)()  # raw PDSERVE_* values, checked below
         given = {key: value for key, value in flags.items() if value is not None}
-        return cls(**{**file_values, **env_values, **given})
+        merged: dict[str, Any] = {}
+        for source in (file_values, env_values, given):
+            merged |= _sizes_overridden_by(source) | source
+        return cls(**merged)
+
+
+def parse_ratio(ratio: str) -> tuple[int, int]:
+    """ "P:D" → (P, D), both whole numbers ≥ 1; ValueError naming `ratio` otherwise."""
+    match = _RATIO.fullmatch(str(ratio))
+    if match is None:
+        raise ValueError(
+            f"ratio: expected prefill:decode in whole numbers, e.g. 1:3; got {ratio!r}"
+        )
+    prefill, decode = int(match[1]), int(match[2])
+    if prefill < 1 or decode < 1:
+        raise ValueError(f"ratio: both sides must be ≥ 1 (e.g. 1:3); got {ratio!r}")
+    return prefill, decode
+
+
+def split_ratio(ratio: tuple[int, int], num_workers: int) -> tuple[int, int]:
+    """(num_prefill, num_decode) summing to num_workers, closest to the ratio with ≥ 1 each.
+
+    Prefill gets num_workers·P/(P+D) rounded to the nearest whole number, a half rounded
+    down (decode gets the extra worker), then clamped to 1 … num_workers − 1; decode gets
+    the rest. E.g. 1:3 of 4 → 1+3, 1:3 of 6 → 1+5 (1.5 → 1), 1:1 of 5 → 2+3, 1:9 of 4 → 1+3.
+    """
+    if num_workers < 2:
+        raise ValueError(f"num_workers: a ratio needs ≥ 2 workers (1 of each); got {num_workers}")
+    prefill, decode = ratio
+    # ceil(x − ½) for x = n·P/(P+D), in integers: a half goes down.
+    num_prefill = (2 * num_workers * prefill + prefill + decode - 1) // (2 * (prefill + decode))
+    num_prefill = min(max(num_prefill, 1), num_workers - 1)
+    return num_prefill, num_workers - num_prefill
+
+
+def _parse_total(total: Any) -> int:
+    try:
+        return int(total)
+    except (TypeError, ValueError):
+        raise ValueError(f"num_workers: expected a whole number; got {total!r}") from None
+
+
+def _sizes_overridden_by(source: dict[str, Any]) -> dict[str, None]:
+    """A source that sizes the pools one way un-gives what lower sources said the other way."""
+    if any(key in source for key in _RATIO_SIZES):
+        return dict.fromkeys(_DIRECT_SIZES)
+    if any(key in source for key in _DIRECT_SIZES):
+        return dict.fromkeys(_RATIO_SIZES)
+    return {}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -4,8 +4,13 @@
 Start: resolve the model (converted once, with a progress bar) → Ray → every worker actor
 in parallel (each loads the model and serves the internal gRPC API) → with `transport` gloo,
 every worker joins one KV group (ranks 0..n-1 in plan order), all at once → the router, with
-every worker registered. Stop runs the same steps backwards (each worker leaves the group as it
-stops); Ray is shut down only if we started it.
+every worker registered, and pdserve.v1.Cluster served beside it (pdserve/scaling.py: Scale
+grows pools through `spawn` and shrinks them by draining, then `stop_worker`). Stop runs the
+same steps backwards (each worker leaves the group as it stops); Ray is shut down only if we
+started it.
+
+Worker ids are `prefill-N`, `decode-N`, `both-N`, N counting up per role from 0 and never
+reused, so a worker started by a Scale is always told apart from one that left.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +33,7 @@ from kv_transfer.collective import KVGroupSpec
 from kv_transfer.factory import COLLECTIVE_BACKENDS
 from kv_transfer.pages import Role
 from pdserve.config import ClusterConfig
+from pdserve.scaling import PoolScaler, PoolSizes, cluster_service
 from pdserve.workers import WorkerIdentity
 from prefill_worker.actor import PrefillWorker
 from prefill_worker.config import PrefillWorkerConfig
@@ -42,13 +49,21 @@ class WorkerHandle:
     actor: ray.actor.ActorHandle
 
 
+_ID_PREFIX = {Role.PREFILL: "prefill", Role.DECODE: "decode", Role.BOTH: "both"}
+
+
 class LocalCluster:
+    """Owns the worker actors (`workers`, in start order) and the router; implements
+    scaling.WorkerPools. Every method runs on the event loop `start` ran on."""
+
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.workers: dict[str, WorkerHandle] = {}
         self.router: RouterServer | None = None
+        self.scaler: PoolScaler | None = None
         self.model_dir: Path | None = None
         self._owns_ray = False
+        self._next_index = dict.fromkeys(Role, 0)
 
     @property
     def address(self) -> str:
@@ -58,29 +73,33 @@ class LocalCluster:
     async def start(self) -> None:
         self.model_dir = resolve_model(self.config.model, self.config.model_cache_dir)
         self._start_ray()
-        plan = self._plan()
-        actors = [
-            self._spawn(worker_id, role, self._kv_group(rank, len(plan)))
-            for rank, (worker_id, role) in enumerate(plan)
-        ]
-        identities = await asyncio.gather(*(actor.identity.remote() for actor in actors))
-        for identity, actor in zip(identities, actors, strict=True):
-            self.workers[identity.worker_id] = WorkerHandle(identity, actor)
+        config = self.config
+        roles = [Role.PREFILL] * config.num_prefill + [Role.DECODE] * config.num_decode
+        roles += [Role.BOTH] * config.num_colocated
+        started = await self.spawn(
+            roles, [self._kv_group(r, len(roles)) for r in range(len(roles))]
+        )
         if self._forms_kv_group:
             # Joining is collective: each actor's one call blocks until every rank's is in.
-            await asyncio.gather(*(actor.join_kv_group.remote() for actor in actors))
-        self.router = RouterServer(self._router_config())
-        for handle in self.workers.values():
-            await self.router.add_worker(handle.identity.address)
+            await asyncio.gather(*(h.actor.join_kv_group.remote() for h in self.workers.values()))
+        self.router = RouterServer(self._router_config(), extra_services=self._serve_cluster_api)
+        self.scaler = PoolScaler(self, self.router, config.drain_timeout_s)
+        for _, address in started:
+            await self.router.add_worker(address)
         await self.router.start()
         log.info(
-            "pdserve serving %s on %s with %s",
-            self.config.model,
+            "pdserve serving %s on %s with %s%s",
+            config.model,
             self.address,
             ", ".join(self.workers),
+            f"; router metrics on port {self.router.metrics_port}"
+            if self.router.metrics_port
+            else "",
         )
 
     async def stop(self) -> None:
+        if self.scaler is not None:
+            await self.scaler.close()
         if self.router is not None:
             await self.router.stop()
         await asyncio.gather(
@@ -91,6 +110,52 @@ class LocalCluster:
         self.workers.clear()
         if self._owns_ray:
             ray.shutdown()
+
+    @property
+    def can_grow(self) -> bool:
+        return not self._forms_kv_group
+
+    def sizes(self) -> PoolSizes:
+        return PoolSizes.of_roles([h.identity.role for h in self.workers.values()])
+
+    def worker_ids(self) -> list[str]:
+        return list(self.workers)
+
+    def newest(self, role: Role, count: int) -> list[str]:
+        of_role = [wid for wid, h in self.workers.items() if h.identity.role is role]
+        return of_role[::-1][: max(count, 0)]
+
+    async def spawn(
+        self, roles: Sequence[Role], kv_groups: Sequence[KVGroupSpec | None] = ()
+    ) -> list[tuple[str, str]]:
+        """Starts one worker per role (fresh ids, in parallel) and records each once it
+        serves; returns their (worker_id, address). If any fails to start, every actor of
+        this call is killed and the error raised."""
+        groups = list(kv_groups) or [None] * len(roles)
+        actors = [self._spawn(role, group) for role, group in zip(roles, groups, strict=True)]
+        try:
+            identities = await asyncio.gather(*(actor.identity.remote() for actor in actors))
+        except BaseException:
+            for actor in actors:
+                ray.kill(actor)
+            raise
+        for identity, actor in zip(identities, actors, strict=True):
+            self.workers[identity.worker_id] = WorkerHandle(identity, actor)
+        return [(identity.worker_id, identity.address) for identity in identities]
+
+    async def stop_worker(self, worker_id: str) -> None:
+        """Stops with no grace: the drain (or its timeout) before this was the grace."""
+        handle = self.workers.pop(worker_id)
+        try:
+            await handle.actor.stop.remote(0.0)
+        except Exception as exc:  # it is killed next either way
+            log.warning("worker %s did not stop cleanly: %s", worker_id, type(exc).__name__)
+        finally:
+            ray.kill(handle.actor)
+
+    def _serve_cluster_api(self, server) -> None:
+        assert self.scaler is not None
+        cluster_service(self.scaler)(server)
 
     def _start_ray(self) -> None:
         if ray.is_initialized():
@@ -103,11 +168,6 @@ class LocalCluster:
         )
         self._owns_ray = True
 
-    def _plan(self) -> list[tuple[str, Role]]:
-        plan = [(f"prefill-{i}", Role.PREFILL) for i in range(self.config.num_prefill)]
-        plan += [(f"decode-{i}", Role.DECODE) for i in range(self.config.num_decode)]
-        return plan + [(f"both-{i}", Role.BOTH) for i in range(self.config.num_colocated)]
-
     @property
     def _forms_kv_group(self) -> bool:
         return self.config.transport in COLLECTIVE_BACKENDS
@@ -117,14 +177,16 @@ class LocalCluster:
             return None
         return KVGroupSpec(self.config.transport, world_size, rank)
 
-    def _spawn(
-        self, worker_id: str, role: Role, kv_group: KVGroupSpec | None
-    ) -> ray.actor.ActorHandle:
+    def _spawn(self, role: Role, kv_group: KVGroupSpec | None) -> ray.actor.ActorHandle:
+        worker_id = f"{_ID_PREFIX[role]}-{self._next_index[role]}"
+        self._next_index[role] += 1
         common = {
             "worker_id": worker_id,
             "engine": self._engine_config(),
             "transport": self.config.transport,
             "kv_group": kv_group,
+            "metrics_port": self.config.worker_metrics_port,
+            "drain_quiet_s": self.config.drain_quiet_s,
         }
         if role is Role.PREFILL:
             config = PrefillWorkerConfig(**common, lease_ttl_s=self.config.lease_ttl_s)
@@ -153,6 +215,10 @@ class LocalCluster:
             host=self.config.host,
             port=self.config.port,
             max_concurrent_requests=self.config.max_concurrent_requests,
+            routing_policy=self.config.routing_policy,
+            conditional_disaggregation=self.config.conditional_disaggregation,
+            redis_url=self.config.redis_url,
+            metrics_port=self.config.metrics_port,
             # A KV group is formed to be used: every pair moves KV over it. Without one the
             # topology decides per pair (shm between workers of this node).
             kv_backend=self.config.transport if self._forms_kv_group else None,
@@ -170,10 +236,11 @@ def serve_forever(config: ClusterConfig) -> int:
 async def _serve(config: ClusterConfig) -> int:
     cluster = LocalCluster(config)
     stopping = asyncio.Event()
+    await cluster.start()
+    # After start: ray.init installs its own SIGTERM handler, which would replace ours.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    await cluster.start()
     print(
         f"pdserve ready on {cluster.address} — try: pdserve generate --chat --prompt 'Hello!'",
         flush=True,

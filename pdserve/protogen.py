@@ -11,7 +11,11 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-PROTO_FILES = ("pdserve/v1/generation.proto", "pdserve/v1/worker.proto")
+PROTO_FILES = (
+    "pdserve/v1/generation.proto",
+    "pdserve/v1/worker.proto",
+    "pdserve/v1/cluster.proto",
+)
 
 
 def generate(out_dir: Path) -> None:

@@ -156,4 +156,5 @@ def worker_info_to_proto(record: WorkerRecord) -> generation_pb2.WorkerInfo:
         draining=load.draining,
         queued_prefill_tokens=load.queued_prefill_tokens,
         drained=load.drained,
+        metrics_port=record.metrics_port,
     )

@@ -69,6 +69,12 @@ class RouterConfig(BaseSettings):
         description="How a worker (pair) is picked: prefix_aware (uncached tokens + queued "
         "prefill work), least_load or round_robin.",
     )
+    prefix_balance_tokens: int = Field(
+        2048,
+        ge=0,
+        description="prefix_aware: a worker holding a prompt's prefix keeps getting it while its "
+        "cost (uncached + queued prefill tokens) is within this many tokens of the cheapest.",
+    )
     redis_url: str = Field(
         "",
         description="Redis for the shared registry and prefix index (redis://[:password@]host:"

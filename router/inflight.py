@@ -1,9 +1,11 @@
 """This router's own outstanding work per worker, known the moment it is sent.
 
 Polled load (GetStats, once a period) lags: a burst of requests routed within one period would
-all see the same idle worker. So the router counts what it has sent and not yet seen finish —
-prompt tokens in prefill per worker, streams per decode worker — and routing sees, for each
-worker, the larger of its last report and this count.
+all see the same idle worker, and work that finished since the report would still count. So
+the router counts what it has sent and not yet seen finish — prompt tokens in prefill per
+worker, streams per decode worker — and routing sees, for each worker, this router's count now
+plus what the last report showed beyond this router's count when it arrived (other routers'
+work, as of that report).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ class InFlightLoad:
     def __init__(self) -> None:
         self._prefill_tokens: Counter[str] = Counter()
         self._streams: Counter[str] = Counter()
+        self._at_report: dict[str, tuple[int, int]] = {}  # worker_id -> ours when it reported
+
+    def note_report(self, worker_id: str) -> None:
+        """A load report of the worker just arrived (called by the monitor)."""
+        self._at_report[worker_id] = (self._prefill_tokens[worker_id], self._streams[worker_id])
 
     @contextmanager
     def prefilling(self, worker_id: str, num_tokens: int) -> Iterator[None]:
@@ -45,14 +52,14 @@ class InFlightLoad:
                 del self._streams[worker_id]
 
     def overlay(self, workers: Sequence[WorkerRecord]) -> list[WorkerRecord]:
-        """`workers` (the caller's copies, changed in place) with each load raised to at least
-        this router's outstanding work there."""
+        """`workers` (the caller's copies, changed in place) with each load set to this router's
+        outstanding work there plus the others' as of the last report."""
         for worker in workers:
-            load = worker.load
-            load.queued_prefill_tokens = max(
-                load.queued_prefill_tokens, self._prefill_tokens[worker.worker_id]
-            )
-            load.running = max(load.running, self._streams[worker.worker_id])
+            load, worker_id = worker.load, worker.worker_id
+            ours_tokens, ours_streams = self._at_report.get(worker_id, (0, 0))
+            others_tokens = max(0, load.queued_prefill_tokens - ours_tokens)
+            load.queued_prefill_tokens = self._prefill_tokens[worker_id] + others_tokens
+            load.running = self._streams[worker_id] + max(0, load.running - ours_streams)
         return list(workers)
 
     @property

@@ -33,6 +33,7 @@ class WorkerMonitor:
         dead_after_failures: int,
         rpc_timeout_s: float,
         on_round: RoundCallback | None = None,
+        on_report: Callable[[str], None] = lambda worker_id: None,
     ) -> None:
         self._registry = registry
         self._clients = clients
@@ -40,6 +41,7 @@ class WorkerMonitor:
         self._dead_after = dead_after_failures
         self._timeout_s = rpc_timeout_s
         self._on_round = on_round
+        self._on_report = on_report  # a worker's load report was just recorded
         self._failures: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -96,6 +98,7 @@ class WorkerMonitor:
         else:
             self._failures.pop(worker.worker_id, None)
             await self._registry.update_load(worker.worker_id, worker.epoch, reported.load)
+            self._on_report(worker.worker_id)
 
     async def _count_failure(self, worker: WorkerRecord) -> None:
         failures = self._failures.get(worker.worker_id, 0) + 1

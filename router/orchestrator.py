@@ -98,11 +98,12 @@ class Orchestrator:
 
     async def _route(self, request: ValidatedRequest) -> RouteDecision:
         workers = self.inflight.overlay(await self._registry.list_workers())
-        matched = await self.hints.matched_pages(request.prompt_token_ids, workers)
-        route = RouteInput(request.prompt_len, matched)
+        pages = await self.hints.lookup(request.prompt_token_ids, workers)
+        route = RouteInput(request.prompt_len, pages.matched, pages.affinity)
         decision = pick_route(workers, route, self.settings.policy, PolicyState(self._turn))
         self._turn += 1
         prefilling = decision.prefill or decision.decode
+        self.hints.record(prefilling, pages)
         hit_tokens = decision.expected_hit_pages * prefilling.layout.page_size
         self.metrics.count_route(decision.reason, min(hit_tokens, request.prompt_len))
         return decision

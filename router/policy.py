@@ -21,8 +21,11 @@ topology's choice (kv_transfer/topology.py), or the `kv_backend` override when i
 their topology. The decision names that backend; the prefill worker exports through it.
 
 Within a step, the named policy picks:
-    prefix_aware  prefill by uncached remainder + its queued prefill tokens (the work the
-                  prompt would wait behind and cause), then by more matched pages
+    prefix_aware  prefill: among the workers whose cost — uncached remainder + queued prefill
+                  tokens, the work the prompt would wait behind and cause — is within
+                  `balance_tokens` of the cheapest, the one holding the most leading pages;
+                  ties (e.g. a prefix nobody holds) by rendezvous hash of the prompt's first
+                  page, so one prefix keeps landing on one worker, from every router replica
     least_load    prefill by queued prefill tokens, then queue length, then page usage
     round_robin   workers sorted by id, position `state.turn` (the caller advances it)
 and every policy picks the decode worker by running batch, then free pages, and a worker
@@ -34,6 +37,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import xxhash
 
 from kv_transfer.pages import Role, TransportBackend
 from kv_transfer.topology import choose_backend
@@ -56,6 +61,7 @@ class PolicyConfig:
     colocate_threshold_tokens: int = 0
     kv_backend: TransportBackend | None = None  # overrides the topology's choice per pair
     conditional: bool = True  # decode workers may prefill a short remainder themselves
+    balance_tokens: int = 2048  # prefix_aware: extra cost a prefix holder may carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,7 @@ class PolicyState:
 class RouteInput:
     prompt_len: int
     matched_pages: Mapping[str, int] = field(default_factory=dict)  # worker_id -> pages held
+    affinity: bytes | None = None  # the first page's hash: one value per prefix
 
     def matched(self, worker: WorkerRecord) -> int:
         return self.matched_pages.get(worker.worker_id, 0)
@@ -127,7 +134,7 @@ def pick_route(
     override = config.kv_backend
     prefills = _pairable_prefills(live, override)
     if prefills:
-        prefill = _choose(prefills, _prefill_key(config.name, route), config, state)
+        prefill = _pick_prefill(prefills, route, config, state)
         decodes = [
             w
             for w in _with_role(live, Role.DECODE)
@@ -201,20 +208,33 @@ def _choose(
     return min(candidates, key=least_load_key)
 
 
-def _prefill_key(name: PolicyName, route: RouteInput) -> Callable[[WorkerRecord], tuple]:
-    if name is PolicyName.PREFIX_AWARE:
-        return lambda w: (
-            route.uncached(w) + w.load.queued_prefill_tokens,
-            -route.matched(w),
-            w.load.queue_len,
-            w.worker_id,
-        )
-    return lambda w: (
-        w.load.queued_prefill_tokens,
-        w.load.queue_len,
-        w.load.page_usage,
-        w.worker_id,
+def _pick_prefill(
+    prefills: Sequence[WorkerRecord], route: RouteInput, config: PolicyConfig, state: PolicyState
+) -> WorkerRecord:
+    if config.name is not PolicyName.PREFIX_AWARE:
+        return _choose(prefills, _least_loaded_prefill_key, config, state)
+
+    def cost(worker: WorkerRecord) -> int:
+        return route.uncached(worker) + worker.load.queued_prefill_tokens
+
+    cheapest = min(cost(w) for w in prefills)
+    window = [w for w in prefills if cost(w) <= cheapest + config.balance_tokens]
+    return min(
+        window,
+        key=lambda w: (-route.matched(w), -_rendezvous(route.affinity, w), cost(w), w.worker_id),
     )
+
+
+def _rendezvous(affinity: bytes | None, worker: WorkerRecord) -> int:
+    """Highest-random-weight hashing: a stable, evenly spread preference per prefix."""
+    if affinity is None:
+        return 0
+    return xxhash.xxh3_64_intdigest(affinity + worker.worker_id.encode())
+
+
+def _least_loaded_prefill_key(worker: WorkerRecord) -> tuple:
+    load = worker.load
+    return (load.queued_prefill_tokens, load.queue_len, load.page_usage, worker.worker_id)
 
 
 def _decode_key(worker: WorkerRecord) -> tuple:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class WorkerRecord:
     layout: KVLayout
     node: str = ""
     pid: int = 0
+    metrics_port: int = 0  # its Prometheus /metrics port on `node` (0: none)
     transport: TransportBackend = TransportBackend.LOCAL  # its default KV backend
     # What it can export or fetch through: shm always, gloo/nccl once it joined a KV group.
     kv_backends: frozenset[TransportBackend] = frozenset({TransportBackend.SHM})
@@ -139,7 +141,7 @@ class InMemoryRegistry(WorkerRegistry):
                 raise StaleEpoch(
                     f"worker {record.worker_id}: epoch {record.epoch} < known {known.epoch}"
                 )
-            self._workers[record.worker_id] = copy.deepcopy(record)
+            self._workers[record.worker_id] = _copy(record)
 
     async def deregister(self, worker_id: str, epoch: int | None = None) -> bool:
         async with self._lock:
@@ -166,12 +168,12 @@ class InMemoryRegistry(WorkerRegistry):
 
     async def list_workers(self) -> list[WorkerRecord]:
         async with self._lock:
-            return [copy.deepcopy(self._workers[key]) for key in sorted(self._workers)]
+            return [_copy(self._workers[key]) for key in sorted(self._workers)]
 
     async def get(self, worker_id: str) -> WorkerRecord | None:
         async with self._lock:
             known = self._workers.get(worker_id)
-            return copy.deepcopy(known) if known is not None else None
+            return _copy(known) if known is not None else None
 
     def _current(self, worker_id: str, epoch: int) -> WorkerRecord | None:
         known = self._workers.get(worker_id)
@@ -181,3 +183,9 @@ class InMemoryRegistry(WorkerRegistry):
         """Raises AssertionError if a record is filed under another worker's id."""
         for worker_id, record in self._workers.items():
             assert record.worker_id == worker_id, (worker_id, record.worker_id)
+
+
+def _copy(record: WorkerRecord) -> WorkerRecord:
+    """A copy the caller may change: every field but `load` is immutable, so only it is copied
+    (cheaper than deepcopy on every request's snapshot)."""
+    return dataclasses.replace(record, load=copy.copy(record.load))

@@ -207,6 +207,7 @@ class RouterServer:
             config.worker_dead_after_failures,
             config.control_rpc_timeout_s,
             on_round=self._after_round,
+            on_report=self.orchestrator.inflight.note_report,
         )
         self._server: grpc.aio.Server | None = None
         self._port = 0
@@ -320,6 +321,7 @@ def _settings(config: RouterConfig, model: ModelConfig) -> OrchestratorSettings:
             config.colocate_threshold_tokens,
             config.kv_backend,
             config.conditional_disaggregation,
+            config.prefix_balance_tokens,
         ),
         eos_token_ids=model.eos_token_ids,
         prefill_timeout_s=config.prefill_timeout_s,

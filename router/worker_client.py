@@ -75,6 +75,7 @@ class WorkerClients:
         ]
         self._retry_after_s = overload_retry_after_s
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
 
     async def prefill(
         self,
@@ -144,6 +145,7 @@ class WorkerClients:
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        self._stubs.clear()
         for channel in channels:
             await channel.close()
 
@@ -154,11 +156,12 @@ class WorkerClients:
             raise self._translate(error, address) from None
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        channel = self._channels.get(address)
-        if channel is None:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = grpc.aio.insecure_channel(address, options=self._options)
+            stub = self._stubs[address] = worker_pb2_grpc.WorkerStub(channel)
             self._channels[address] = channel
-        return worker_pb2_grpc.WorkerStub(channel)
+        return stub
 
     def _translate(self, error: grpc.aio.AioRpcError, address: str) -> RouterError:
         code = error.code()
@@ -265,6 +268,7 @@ def _record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
         layout=layout_from_proto(stats.layout),
         node=info.node,
         pid=info.pid,
+        metrics_port=info.metrics_port,
         transport=TransportBackend(info.transport),
         kv_backends=frozenset(TransportBackend(name) for name in stats.kv_backends),
         load=load,

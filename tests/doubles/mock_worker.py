@@ -8,88 +8,49 @@ output is therefore checkable without a model. Like the real workers:
     Decode    with a handle: "fetches", then acks by calling ReleaseLease on `src_address`
               itself, then streams; without one (colocated): prefills locally, streams from #1
     Abort     ends a running Prefill/Decode of that id (CANCELLED); never releases leases
+    WatchPageEvents  the pool's page events (tests/doubles/mock_cache.py), snapshot first
+    Drain     sets `draining` (reported by GetStats); drained once no Prefill/Decode runs and
+              no lease is held
 Every call is recorded (`calls`), and `check_idle()` asserts no pages or leases are held.
+
+With `MockBehavior.cache_pages` the pool is a real prefix cache (engine.page_pool.PagePool):
+prompts are prefilled one at a time at `prefill_s_per_token` per uncached token, cached pages
+are reused and reported (`cached_prompt_tokens`), evicted LRU, and published as page events.
+Without it (the default) pages are plain counters, nothing is published, and a prompt's
+cached tokens are the leading pages this worker has seen before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import grpc
 
-from kv_transfer.pages import KVHandle, KVLayout, Role, TransportBackend, page_hashes
+from engine.page_pool import PagePoolExhausted
+from kv_transfer.pages import KVHandle, KVLayout, Role, TransportBackend
 from kv_transfer.wire import handle_to_proto, layout_to_proto
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+from tests.doubles.mock_behavior import (
+    SMALL_LAYOUT,
+    Call,
+    MockBehavior,
+    WorkerMethod,
+    mock_token,
+)
+from tests.doubles.mock_cache import (
+    Aborted,
+    CachedPrefill,
+    MockPrefixCache,
+    SimplePagePool,
+    watch_page_events,
+)
 
-SMALL_LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=8, page_size=4, dtype="float32")
-
-
-def mock_token(
-    prompt: Sequence[int], index: int, vocab_size: int, eos_token_ids: Sequence[int] = ()
-) -> int:
-    token = (sum(prompt) * 31 + index * 7) % vocab_size
-    while token in eos_token_ids:
-        token = (token + 1) % vocab_size
-    return token
-
-
-class WorkerMethod(enum.StrEnum):
-    PREFILL = "Prefill"
-    DECODE = "Decode"
-    RELEASE_LEASE = "ReleaseLease"
-    ABORT = "Abort"
-    GET_STATS = "GetStats"
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    method: WorkerMethod
-    key: str = ""  # request id, or transfer id for ReleaseLease
-
-
-@dataclass(slots=True)
-class MockBehavior:
-    vocab_size: int = 49152
-    eos_token_ids: tuple[int, ...] = (2,)
-    eos_at: int | None = None  # token index that is EOS instead of the formula's token
-    prefill_delay_s: float = 0.0
-    decode_delay_s: float = 0.0  # per token
-    num_pages: int = 256
-    fail_decode_after: int | None = None  # UNAVAILABLE after this many streamed tokens
-    report_kv_transfer_s: float = 0.002
-    kv_backends: tuple[TransportBackend, ...] = (TransportBackend.SHM,)  # what GetStats reports
-
-
-@dataclass(slots=True)
-class PagePool:
-    """Page ids 0..num_pages-1; the only owner of which are free."""
-
-    num_pages: int
-    free_ids: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.free_ids = list(range(self.num_pages))
-
-    @property
-    def num_in_use(self) -> int:
-        return self.num_pages - len(self.free_ids)
-
-    def allocate(self, count: int) -> list[int] | None:
-        if count > len(self.free_ids):
-            return None
-        taken, self.free_ids = self.free_ids[:count], self.free_ids[count:]
-        return taken
-
-    def free(self, page_ids: Sequence[int]) -> None:
-        self.free_ids.extend(page_ids)
-
-    def check_integrity(self) -> None:
-        assert len(set(self.free_ids)) == len(self.free_ids), "a page was freed twice"
+# What tests import from here; the data types live in mock_behavior.
+__all__ = ["SMALL_LAYOUT", "Call", "MockBehavior", "MockWorker", "WorkerMethod", "mock_token"]
 
 
 class MockWorker(worker_pb2_grpc.WorkerServicer):
@@ -104,24 +65,31 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
         epoch: int = 1,
     ) -> None:
         self.worker_id, self.role, self.layout, self.epoch = worker_id, role, layout, epoch
-        self.behavior = behavior or MockBehavior()
+        self.behavior = b = behavior or MockBehavior()
         self.calls: list[Call] = []
-        self.pool = PagePool(self.behavior.num_pages)
+        self.pool = (
+            MockPrefixCache(b.cache_pages, layout.page_size, b.prefill_s_per_token, b.page_wait_s)
+            if b.cache_pages
+            else SimplePagePool(b.num_pages, layout.page_size)
+        )
         self.leases: dict[str, list[int]] = {}  # transfer id -> pinned pages
         self.running: dict[str, list[int]] = {}  # request id -> its pages
+        self.draining = False
+        self._num_serving = 0  # Prefill/Decode calls in progress
         self._aborts: dict[str, asyncio.Event] = {}
-        self._seen_pages: set[bytes] = set()
         self._server: grpc.aio.Server | None = None
         self._peers: dict[str, grpc.aio.Channel] = {}
         self.address = ""
 
     async def start(self) -> None:
+        self.pool.events.open()
         self._server = grpc.aio.server()
         worker_pb2_grpc.add_WorkerServicer_to_server(self, self._server)
         self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
         await self._server.start()
 
     async def stop(self) -> None:
+        self.pool.events.close()
         if self._server is not None:
             await self._server.stop(0)
         for channel in self._peers.values():
@@ -129,6 +97,10 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
 
     def calls_of(self, method: WorkerMethod) -> list[str]:
         return [call.key for call in self.calls if call.method is method]
+
+    @property
+    def drained(self) -> bool:
+        return self.draining and not self._num_serving and not self.leases
 
     def check_idle(self) -> None:
         """Asserts that no request holds pages and no lease is outstanding."""
@@ -146,43 +118,55 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
     async def Prefill(self, request, context):
         self.calls.append(Call(WorkerMethod.PREFILL, request.request_id))
         prompt, sampling = list(request.prompt_token_ids), request.sampling
-        pages = await self._admit(request.request_id, len(prompt), context)
-        try:
-            await self._work(request.request_id, self.behavior.prefill_delay_s, context)
-        except BaseException:
-            self._retire(request.request_id)
-            raise
+        with self._serving():
+            computed = await self._compute_prompt(request.request_id, prompt, 0, context)
+            try:
+                await self._work(request.request_id, self.behavior.prefill_delay_s, context)
+            except BaseException:
+                self._retire(request.request_id)
+                raise
         first = self.token(prompt, 0)
         reply = worker_pb2.PrefillResponse(
-            first_token_id=first, cached_prompt_tokens=self._cached(prompt), prefill_s=0.003
+            first_token_id=first,
+            cached_prompt_tokens=computed.num_cached_tokens,
+            queue_s=computed.queue_s,
+            prefill_s=computed.prefill_s,
         )
         if self._finish(first, 0, sampling) is not None:
             self._retire(request.request_id)
             reply.finished = True
             return reply
         transfer_id = uuid.uuid4().hex
-        self.leases[transfer_id] = pages
+        self.leases[transfer_id] = computed.page_ids
         self.running.pop(request.request_id)
-        reply.handle.CopyFrom(handle_to_proto(self._handle(transfer_id, pages, request)))
+        handle = self._handle(transfer_id, computed.page_ids, request)
+        reply.handle.CopyFrom(handle_to_proto(handle))
         return reply
 
     async def Decode(self, request, context):
         self.calls.append(Call(WorkerMethod.DECODE, request.request_id))
         prompt, sampling = list(request.prompt_token_ids), request.sampling
-        if request.has_first_token:
-            await self._fetch_and_ack(request, context)
-        start = 1 if request.has_first_token else 0
-        await self._admit(request.request_id, len(prompt) + sampling.max_tokens, context)
-        try:
-            for index in range(start, sampling.max_tokens):
-                await self._work(request.request_id, self.behavior.decode_delay_s, context)
-                await self._maybe_fail(index - start, context)
-                chunk = self._chunk(prompt, index, sampling, is_first=index == start)
-                yield chunk
-                if chunk.finished:
-                    return
-        finally:
-            self._retire(request.request_id)
+        with self._serving():
+            computed = None  # handed off: the prefill worker computed the prompt
+            if request.has_first_token:
+                await self._fetch_and_ack(request, context)
+                await self._admit(request.request_id, len(prompt) + sampling.max_tokens, context)
+            else:
+                rid, num_extra = request.request_id, sampling.max_tokens
+                computed = await self._compute_prompt(rid, prompt, num_extra, context)
+            start = 1 if request.has_first_token else 0
+            try:
+                for index in range(start, sampling.max_tokens):
+                    await self._work(request.request_id, self.behavior.decode_delay_s, context)
+                    await self._maybe_fail(index - start, context)
+                    chunk = self._chunk(prompt, index, sampling)
+                    if index == start:
+                        self._describe_first(chunk, computed)
+                    yield chunk
+                    if chunk.finished:
+                        return
+            finally:
+                self._retire(request.request_id)
 
     async def ReleaseLease(self, request, context):
         self.calls.append(Call(WorkerMethod.RELEASE_LEASE, request.transfer_id))
@@ -200,6 +184,7 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
 
     async def GetStats(self, request, context):
         self.calls.append(Call(WorkerMethod.GET_STATS))
+        pool = self.pool
         info = generation_pb2.WorkerInfo(
             worker_id=self.worker_id,
             role=self.role.value,
@@ -208,19 +193,60 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
             node="mock-node",
             epoch=self.epoch,
             alive=True,
-            pages_in_use=self.pool.num_in_use,
-            pages_total=self.pool.num_pages,
+            pages_in_use=pool.num_in_use + pool.num_cached_idle,  # cached idle ones count
+            pages_total=pool.num_pages,
+            queue_len=pool.num_waiting,
             running=len(self.running),
             leases_outstanding=len(self.leases),
-            request_pages=sum(len(p) for p in self.running.values()),
+            request_pages=pool.num_in_use,
             integrity_ok=True,
             transport=TransportBackend.LOCAL.value,
+            draining=self.draining,
+            queued_prefill_tokens=pool.queued_prefill_tokens,
+            drained=self.drained,
         )
         return worker_pb2.WorkerStats(
             info=info,
             layout=layout_to_proto(self.layout),
             kv_backends=[backend.value for backend in self.behavior.kv_backends],
         )
+
+    async def WatchPageEvents(self, request, context):
+        self.calls.append(Call(WorkerMethod.WATCH_PAGE_EVENTS))
+        async for batch in watch_page_events(self.pool, self.epoch, request):
+            yield batch
+
+    async def Drain(self, request, context):
+        self.calls.append(Call(WorkerMethod.DRAIN))
+        self.draining = True
+        return worker_pb2.DrainResponse(drained=self.drained)
+
+    @contextmanager
+    def _serving(self) -> Iterator[None]:
+        self._num_serving += 1
+        try:
+            yield
+        finally:
+            self._num_serving -= 1
+
+    async def _compute_prompt(
+        self, request_id: str, prompt: list[int], num_extra_tokens: int, context
+    ) -> CachedPrefill:
+        """Admits the request under `running` with pages for its prompt and `num_extra_tokens`
+        more, and computes the prompt (the pool's model of it)."""
+        self.running[request_id] = []
+        self._aborts[request_id] = aborted = asyncio.Event()
+        try:
+            computed = await self.pool.prefill(prompt, num_extra_tokens, aborted)
+        except BaseException as error:
+            self._retire(request_id)
+            if isinstance(error, PagePoolExhausted):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "mock page pool full")
+            if isinstance(error, Aborted):
+                await context.abort(grpc.StatusCode.CANCELLED, "aborted")
+            raise
+        self.running[request_id] = computed.page_ids
+        return computed
 
     async def _admit(self, request_id: str, num_tokens: int, context) -> list[int]:
         pages = self.pool.allocate(self.layout.num_pages_for(num_tokens))
@@ -258,19 +284,22 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
         ack = worker_pb2.ReleaseLeaseRequest(transfer_id=request.handle.transfer_id)
         await worker_pb2_grpc.WorkerStub(channel).ReleaseLease(ack, timeout=5)
 
-    def _chunk(self, prompt, index: int, sampling, is_first: bool) -> worker_pb2.DecodeChunk:
+    def _chunk(self, prompt, index: int, sampling) -> worker_pb2.DecodeChunk:
         token = self.token(prompt, index)
         reason = self._finish(token, index, sampling)
         chunk = worker_pb2.DecodeChunk(token_ids=[token], stop_token_id=-1)
         if reason is not None:
             chunk.finished, chunk.finish_reason = True, reason
             chunk.stop_token_id = token if reason == "stop" else -1
-        if is_first:
-            chunk.kv_transfer_s = self.behavior.report_kv_transfer_s if index else 0.0
-            chunk.queue_s = 0.001
-            if index == 0:  # colocated: this worker also prefilled
-                chunk.prefill_s, chunk.cached_prompt_tokens = 0.003, self._cached(prompt)
         return chunk
+
+    def _describe_first(self, chunk: worker_pb2.DecodeChunk, computed: CachedPrefill | None):
+        """What the first chunk reports: the fetch (handed off) or the local prefill."""
+        if computed is None:
+            chunk.queue_s, chunk.kv_transfer_s = 0.001, self.behavior.report_kv_transfer_s
+            return
+        chunk.queue_s, chunk.prefill_s = computed.queue_s, computed.prefill_s
+        chunk.cached_prompt_tokens = computed.num_cached_tokens
 
     def _finish(self, token: int, index: int, sampling) -> str | None:
         stops = set(sampling.stop_token_ids)
@@ -279,13 +308,6 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
         if token in stops:
             return "stop"
         return "length" if index + 1 >= sampling.max_tokens else None
-
-    def _cached(self, prompt: Sequence[int]) -> int:
-        """Tokens of the prompt's leading full pages this worker has seen before."""
-        hashes = page_hashes(prompt, self.layout.page_size)
-        num_hits = next((i for i, h in enumerate(hashes) if h not in self._seen_pages), len(hashes))
-        self._seen_pages.update(hashes)
-        return num_hits * self.layout.page_size
 
     def _handle(self, transfer_id: str, pages: list[int], request) -> KVHandle:
         return KVHandle(

@@ -19,14 +19,18 @@ def start_cluster(**overrides) -> BackgroundCluster:
     return BackgroundCluster(ClusterConfig(**settings)).start()
 
 
-def token_request(prompt: Sequence[int], max_tokens: int, **sampling) -> generation_pb2.GenerateRequest:
+def token_request(
+    prompt: Sequence[int], max_tokens: int, **sampling
+) -> generation_pb2.GenerateRequest:
     return generation_pb2.GenerateRequest(
         tokens=generation_pb2.TokenInput(token_ids=list(prompt)),
         sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, **sampling),
     )
 
 
-def generate_all(address: str, requests: Sequence[generation_pb2.GenerateRequest]) -> list[client.Completion]:
+def generate_all(
+    address: str, requests: Sequence[generation_pb2.GenerateRequest]
+) -> list[client.Completion]:
     """Sends every request at once (the cluster batches them) and returns in order."""
     channel, stub = client.connect(address)
     try:
@@ -45,7 +49,9 @@ def worker_stats(cluster: BackgroundCluster) -> dict[str, worker_pb2.WorkerStats
     return stats
 
 
-def wait_until_idle(cluster: BackgroundCluster, timeout_s: float = 15.0) -> dict[str, worker_pb2.WorkerStats]:
+def wait_until_idle(
+    cluster: BackgroundCluster, timeout_s: float = 15.0
+) -> dict[str, worker_pb2.WorkerStats]:
     """Every worker: integrity holds, no request or lease holds a page, no transfer runs."""
     deadline = time.monotonic() + timeout_s
     while True:

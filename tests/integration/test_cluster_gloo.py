@@ -36,7 +36,12 @@ def prompts() -> list[list[int]]:
 @pytest.fixture(scope="module")
 def gloo_cluster(ray_cluster, model_cache_dir):
     cluster = start_cluster(
-        model="tiny", model_cache_dir=model_cache_dir, transport="gloo", num_prefill=1, num_decode=1
+        model="tiny",
+        model_cache_dir=model_cache_dir,
+        transport="gloo",
+        num_prefill=1,
+        num_decode=1,
+        conditional_disaggregation=False,  # every prompt over the KV handoff
     )
     yield cluster
     cluster.stop()

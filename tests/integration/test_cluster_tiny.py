@@ -18,11 +18,22 @@ import pytest
 
 from pdserve import client
 from tests.hf_reference import hf_greedy
-from tests.integration.cluster_helpers import generate_all, start_cluster, token_request, wait_until_idle
+from tests.integration.cluster_helpers import (
+    generate_all,
+    start_cluster,
+    token_request,
+    wait_until_idle,
+)
 
 NUM_REQUESTS = 16
 MAX_NEW_TOKENS = 24
-DISAGGREGATED = {"num_prefill": 1, "num_decode": 1, "num_colocated": 0}
+# Every prompt over the KV handoff: no decode-side prefill of short prompts.
+DISAGGREGATED = {
+    "num_prefill": 1,
+    "num_decode": 1,
+    "num_colocated": 0,
+    "conditional_disaggregation": False,
+}
 COLOCATED = {"num_prefill": 0, "num_decode": 0, "num_colocated": 1}
 
 
@@ -66,7 +77,9 @@ def greedy_outputs(cluster, prompts: list[list[int]]) -> list[list[int]]:
     return [completion.token_ids for completion in generate_all(cluster.address, requests)]
 
 
-def test_disaggregated_equals_colocated_equals_hf_at_page_16(disaggregated, colocated, prompts, hf_tokens):
+def test_disaggregated_equals_colocated_equals_hf_at_page_16(
+    disaggregated, colocated, prompts, hf_tokens
+):
     assert greedy_outputs(disaggregated, prompts) == hf_tokens
     assert greedy_outputs(colocated, prompts) == hf_tokens
     wait_until_idle(disaggregated)
@@ -74,9 +87,13 @@ def test_disaggregated_equals_colocated_equals_hf_at_page_16(disaggregated, colo
 
 
 @pytest.mark.parametrize("page_size", [1, 7])
-def test_fidelity_holds_at_other_page_sizes(ray_cluster, model_cache_dir, page_size, prompts, hf_tokens):
+def test_fidelity_holds_at_other_page_sizes(
+    ray_cluster, model_cache_dir, page_size, prompts, hf_tokens
+):
     for shape in (DISAGGREGATED, COLOCATED):
-        cluster = start_cluster(model="tiny", model_cache_dir=model_cache_dir, page_size=page_size, **shape)
+        cluster = start_cluster(
+            model="tiny", model_cache_dir=model_cache_dir, page_size=page_size, **shape
+        )
         try:
             assert greedy_outputs(cluster, prompts) == hf_tokens, shape
             wait_until_idle(cluster)
@@ -87,7 +104,10 @@ def test_fidelity_holds_at_other_page_sizes(ray_cluster, model_cache_dir, page_s
 def test_seeded_sampling_is_the_same_disaggregated_and_colocated(disaggregated, colocated, prompts):
     """Token #1 is sampled on the prefill worker, the rest on the decode worker: a seeded
     request must still draw exactly what one colocated engine draws."""
-    requests = [token_request(p, 16, temperature=0.9, top_p=0.95, seed=1234 + i) for i, p in enumerate(prompts[:6])]
+    requests = [
+        token_request(p, 16, temperature=0.9, top_p=0.95, seed=1234 + i)
+        for i, p in enumerate(prompts[:6])
+    ]
     split = [c.token_ids for c in generate_all(disaggregated.address, requests)]
     together = [c.token_ids for c in generate_all(colocated.address, requests)]
     assert split == together
@@ -125,15 +145,29 @@ def test_prompt_filling_the_context_is_rejected_naming_the_field(disaggregated):
 def test_cli_generate_streams_text_and_status_reports_idle_workers(disaggregated):
     cli = [sys.executable, "-m", "pdserve.cli"]
     gen = subprocess.run(
-        [*cli, "generate", "--prompt", "Hello there", "--max-tokens", "8", "--address", disaggregated.address],
-        capture_output=True, text=True, timeout=120,
+        [
+            *cli,
+            "generate",
+            "--prompt",
+            "Hello there",
+            "--max-tokens",
+            "8",
+            "--address",
+            disaggregated.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.strip() and "ttft" in gen.stderr
     wait_until_idle(disaggregated)
     time.sleep(1.5)  # the router refreshes worker stats every second
     status = subprocess.run(
-        [*cli, "status", "--json", "--address", disaggregated.address], capture_output=True, text=True, timeout=60
+        [*cli, "status", "--json", "--address", disaggregated.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     workers = json.loads(status.stdout)["workers"]
     assert sorted(w["role"] for w in workers) == ["decode", "prefill"]
@@ -142,9 +176,21 @@ def test_cli_generate_streams_text_and_status_reports_idle_workers(disaggregated
 
 def test_cli_generate_failure_prints_the_status_code_and_exits_nonzero(disaggregated):
     result = subprocess.run(
-        [sys.executable, "-m", "pdserve.cli", "generate", "--prompt", "hi", "--max-tokens", "0",
-         "--address", disaggregated.address],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pdserve.cli",
+            "generate",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "0",
+            "--address",
+            disaggregated.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "INVALID_ARGUMENT" in result.stderr

@@ -34,7 +34,9 @@ def hf_tokens(tiny_dir, prompts) -> list[list[int]]:
 def test_outputs_equal_hf_through_preemption(tiny_dir, prompts, hf_tokens, page_size):
     num_pages = POOL_TOKENS // page_size
     runner = ModelRunner(tiny_dir, "float32", num_pages, page_size)
-    engine = EngineCore(runner, PagePool(num_pages, page_size), SchedulerConfig(max_num_batched_tokens=128))
+    engine = EngineCore(
+        runner, PagePool(num_pages, page_size), SchedulerConfig(max_num_batched_tokens=128)
+    )
     reqs = [
         Request(f"r{i}", prompt, SamplingParams(max_tokens=MAX_NEW_TOKENS, ignore_eos=True))
         for i, prompt in enumerate(prompts)

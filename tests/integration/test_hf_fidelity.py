@@ -18,7 +18,12 @@ import torch
 
 from engine.runner import ModelRunner
 from tests.hf_reference import hf_greedy, runner_greedy
-from tests.integration.cluster_helpers import generate_all, start_cluster, token_request, wait_until_idle
+from tests.integration.cluster_helpers import (
+    generate_all,
+    start_cluster,
+    token_request,
+    wait_until_idle,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -122,18 +127,32 @@ def test_greedy_tokens_equal_hf_generate(
 
 @pytest.mark.parametrize(
     "shape",
-    [{"num_prefill": 1, "num_decode": 1}, {"num_prefill": 0, "num_decode": 0, "num_colocated": 1}],
+    [
+        # Every prompt over the KV handoff: no decode-side prefill of short prompts.
+        {"num_prefill": 1, "num_decode": 1, "conditional_disaggregation": False},
+        {"num_prefill": 0, "num_decode": 0, "num_colocated": 1},
+    ],
     ids=["disaggregated", "colocated"],
 )
 def test_cluster_tokens_equal_hf_generate(
-    shape: dict, ray_cluster, model_cache_dir: Path, prompts: list[list[int]], hf_tokens: list[list[int]]
+    shape: dict,
+    ray_cluster,
+    model_cache_dir: Path,
+    prompts: list[list[int]],
+    hf_tokens: list[list[int]],
 ) -> None:
     """All prompts at once through the router: batched, and split across two processes."""
-    cluster = start_cluster(model="smollm2-135m", model_cache_dir=model_cache_dir, kv_cache_mib=384, **shape)
+    cluster = start_cluster(
+        model="smollm2-135m", model_cache_dir=model_cache_dir, kv_cache_mib=384, **shape
+    )
     try:
-        requests = [token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts]
+        requests = [
+            token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts
+        ]
         outputs = [completion.token_ids for completion in generate_all(cluster.address, requests)]
-        mismatched = [i for i, (got, want) in enumerate(zip(outputs, hf_tokens, strict=True)) if got != want]
+        mismatched = [
+            i for i, (got, want) in enumerate(zip(outputs, hf_tokens, strict=True)) if got != want
+        ]
         assert not mismatched, f"prompts {mismatched} differ from HF"
         wait_until_idle(cluster)
     finally:

@@ -105,12 +105,22 @@ async def test_a_restarted_worker_is_followed_under_its_new_epoch():
     await feed.stop()
 
 
-def test_in_flight_load_raises_stale_polled_load_and_unwinds():
+def polled(queued: int, running: int) -> list[WorkerRecord]:
+    record = worker("p1")
+    record.load = WorkerLoad(queued_prefill_tokens=queued, running=running)
+    return [record]
+
+
+def loads(records: list[WorkerRecord]) -> list[tuple[int, int]]:
+    return [(w.load.queued_prefill_tokens, w.load.running) for w in records]
+
+
+def test_in_flight_load_counts_ours_now_plus_the_others_as_last_reported():
     inflight = InFlightLoad()
-    records = [worker("p0"), worker("p1")]
-    records[1].load = WorkerLoad(queued_prefill_tokens=50, running=1)
-    with inflight.prefilling("p0", 100), inflight.prefilling("p1", 20), inflight.streaming("p1"):
-        view = inflight.overlay(records)
-        assert [(w.load.queued_prefill_tokens, w.load.running) for w in view] == [(100, 0), (50, 1)]
+    with inflight.prefilling("p1", 20), inflight.streaming("p1"):
+        assert loads(inflight.overlay(polled(50, 1))) == [(70, 2)]  # no report noted yet
+        inflight.note_report("p1")  # the report (50, 1) included our 20 tokens and 1 stream
+        assert loads(inflight.overlay(polled(50, 1))) == [(50, 1)]
         assert not inflight.is_idle
+    assert loads(inflight.overlay(polled(50, 1))) == [(30, 0)]  # ours finished since
     assert inflight.is_idle

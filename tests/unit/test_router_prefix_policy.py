@@ -32,16 +32,35 @@ def test_prefill_worker_holding_the_prefix_is_chosen():
     assert (decision.reason, decision.expected_hit_pages) == (RouteReason.PREFIX_HIT, 60)
 
 
-def test_queued_prefill_work_outweighs_a_small_hit():
-    # p1 holds 10 pages (160 tokens) but has 2,000 tokens queued: p0's 1,024 cost less.
-    workers = [
-        make_worker("p0", Role.PREFILL),
-        make_worker("p1", Role.PREFILL, queued_prefill_tokens=2000),
-        make_worker("d0", Role.DECODE),
-    ]
-    decision = route(workers, 1024, {"p1": 10})
+def test_a_prefix_holder_keeps_its_prefix_until_its_cost_exceeds_the_balance():
+    # p1 holds 10 pages (160 tokens): its cost is 864 + queued; p0's is 1,024.
+    def holder_with_queue(queued: int) -> list[WorkerRecord]:
+        return [
+            make_worker("p0", Role.PREFILL),
+            make_worker("p1", Role.PREFILL, queued_prefill_tokens=queued),
+            make_worker("d0", Role.DECODE),
+        ]
+
+    assert pair(route(holder_with_queue(2000), 1024, {"p1": 10})) == ("p1", "d0")
+    assert pair(route(holder_with_queue(2300), 1024, {"p1": 10})) == ("p0", "d0")
+    no_slack = PolicyConfig(PolicyName.PREFIX_AWARE, balance_tokens=0)
+    decision = route(holder_with_queue(200), 1024, {"p1": 10}, no_slack)
     assert pair(decision) == ("p0", "d0")
     assert decision.reason is RouteReason.DISAGGREGATED
+
+
+def test_prefixes_nobody_holds_spread_evenly_and_stick_to_one_worker():
+    workers = [make_worker(f"p{i}", Role.PREFILL) for i in range(4)]
+    workers.append(make_worker("d0", Role.DECODE))
+
+    def chosen(affinity: bytes, order) -> str:
+        decision = pick_route(order, RouteInput(512, {}, affinity), PREFIX_AWARE)
+        return decision.prefill.worker_id
+
+    picks = [chosen(bytes([i, 7]), workers) for i in range(64)]
+    assert {p: picks.count(p) for p in set(picks)}.keys() == {"p0", "p1", "p2", "p3"}
+    assert min(picks.count(p) for p in set(picks)) >= 8
+    assert picks == [chosen(bytes([i, 7]), list(reversed(workers))) for i in range(64)]
 
 
 def test_a_large_hit_is_worth_a_short_queue():
