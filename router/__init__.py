@@ -2,7 +2,8 @@
 
 Module map, in the order a request meets them:
     config.py        RouterConfig (env PDSERVE_ROUTER_*), read once, frozen
-    server.py        public gRPC edge: Generation servicer, health, reflection, RouterServer
+    server.py        RouterServer: the parts wired; gRPC server, health, reflection
+    generation_service.py  pdserve.v1.Generation: one request from bytes to its status
     api_proto.py     public-API protobuf <-> the dataclasses below (used by server.py only)
     validation.py    RawRequest -> ValidatedRequest, or InvalidArgument(field)
     tokenizer.py     tokenizer.json + chat template (jinja2), no transformers

@@ -1,18 +1,14 @@
-"""The router's public gRPC server: pdserve.v1.Generation, grpc.health.v1 and reflection.
+"""The router process: its parts wired, and its gRPC server — pdserve.v1.Generation
+(generation_service.py), grpc.health.v1, reflection and any launcher-added service.
 
-Generate, for one request:
-    decode bytes -> RawRequest -> validate (+ tokenize, off the event loop) -> admit into the
-    RequestTable (cap, unique id) -> Orchestrator.run, each event written as it comes ->
-    exactly one terminal status: OK after the Final message, or the error's status.
-No worker is called before the request is valid and admitted. Health is SERVING while
-some route exists (see policy.has_route) and NOT_SERVING once shutdown begins.
+Health is SERVING while some route exists (see policy.has_route) and NOT_SERVING once shutdown
+begins. After every monitor round: other routers' registrations are taken in, the live
+workers' page events followed, health updated.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 
 import grpc
@@ -20,15 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-import pdserve
 from engine.config import ModelConfig
-from pdserve.v1 import generation_pb2
-from router import api_proto
 from router.backends import make_index, make_registry
 from router.breaker import BreakerState
 from router.config import RouterConfig
-from router.errors import Cancelled, InvalidArgument, RouterError, internal_status, to_status
-from router.events import RequestClock, StreamEvent
+from router.generation_service import SERVICE_NAME, GenerationServicer, add_generation_service
 from router.metrics import RouterMetrics
 from router.monitor import WorkerMonitor
 from router.orchestrator import Orchestrator, OrchestratorSettings
@@ -38,129 +30,10 @@ from router.prefix_hints import PrefixHints
 from router.registry import WorkerRecord, WorkerRegistry
 from router.requests import RequestTable
 from router.tokenizer import Tokenizer
-from router.validation import (
-    RequestValidator,
-    ValidatedRequest,
-    ValidationLimits,
-    is_valid_request_id,
-)
+from router.validation import RequestValidator, ValidationLimits
 from router.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = "pdserve.v1.Generation"
-
-
-class GenerationServicer:
-    """pdserve.v1.Generation. Registered by `add_generation_service`."""
-
-    def __init__(self, server: RouterServer) -> None:
-        self._router = server
-
-    async def Generate(
-        self,
-        request: generation_pb2.GenerateRequest | api_proto.UndecodableRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> None:
-        metrics = self._router.metrics
-        with metrics.track_running():
-            try:
-                status = await self._generate(request, context)
-            except asyncio.CancelledError:  # the client went away (or its deadline passed)
-                metrics.count_request(grpc.StatusCode.CANCELLED)
-                raise
-            metrics.count_request(status.code if status is not None else grpc.StatusCode.OK)
-            if status is not None:
-                await context.abort_with_status(status)
-
-    async def _generate(
-        self,
-        request: generation_pb2.GenerateRequest | api_proto.UndecodableRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> grpc.Status | None:
-        """Serves one Generate call; returns the error status it ends with (None: OK)."""
-        request_id = ""
-        try:
-            if isinstance(request, api_proto.UndecodableRequest):
-                raise InvalidArgument(request.field, "not a valid message (e.g. bad UTF-8)")
-            raw = api_proto.raw_request_from_proto(request)
-            request_id = raw.request_id if is_valid_request_id(raw.request_id) else _new_id()
-            clock = RequestClock.start(context.time_remaining())
-            validated = await asyncio.to_thread(self._router.validator.validate, raw, request_id)
-            await self._admitted_run(validated, clock, context)
-        except RouterError as error:
-            return to_status(error, request_id)
-        except Exception:  # CancelledError is not an Exception: cancellation passes through
-            log.exception("request %s failed unexpectedly", request_id)
-            return internal_status(request_id)
-        return None
-
-    async def _admitted_run(
-        self, validated: ValidatedRequest, clock: RequestClock, context: grpc.aio.ServicerContext
-    ) -> None:
-        request_id = validated.request_id
-
-        async def emit(event: StreamEvent) -> None:
-            await context.write(api_proto.event_to_proto(request_id, event))
-
-        with self._router.requests.admitted(request_id) as entry:
-            try:
-                await self._router.orchestrator.run(validated, clock, emit)
-            except asyncio.CancelledError:
-                if not entry.abort_requested:
-                    raise  # the client went away (or its deadline passed): nobody to tell
-                asyncio.current_task().uncancel()
-                raise Cancelled("aborted by an Abort call") from None
-
-    async def Abort(self, request, context) -> generation_pb2.AbortResponse:
-        return generation_pb2.AbortResponse(found=self._router.requests.abort(request.request_id))
-
-    async def GetModelInfo(self, request, context) -> generation_pb2.ModelInfo:
-        config, model = self._router.config, self._router.model
-        layouts = [w.layout for w in await self._router.registry.list_workers() if w.alive]
-        return generation_pb2.ModelInfo(
-            model=config.served_model,
-            max_context_len=model.max_position_embeddings,
-            vocab_size=model.vocab_size,
-            max_tokens_limit=config.max_tokens_limit,
-            dtype=layouts[0].dtype if layouts else "",
-            page_size=layouts[0].page_size if layouts else 0,
-            eos_token_ids=model.eos_token_ids,
-        )
-
-    async def GetServerInfo(self, request, context) -> generation_pb2.ServerInfo:
-        workers = await self._router.registry.list_workers()
-        return generation_pb2.ServerInfo(
-            version=pdserve.__version__,
-            model=self._router.config.served_model,
-            workers=[api_proto.worker_info_to_proto(w) for w in workers],
-            requests_in_flight=self._router.requests.num_in_flight,
-        )
-
-
-def add_generation_service(servicer: GenerationServicer, server: grpc.aio.Server) -> None:
-    """Like the generated add_GenerationServicer_to_server, but Generate's request bytes go
-    through api_proto.decode_generate_request, which never fails."""
-    unary = {
-        "Abort": (generation_pb2.AbortRequest, generation_pb2.AbortResponse),
-        "GetModelInfo": (generation_pb2.GetModelInfoRequest, generation_pb2.ModelInfo),
-        "GetServerInfo": (generation_pb2.GetServerInfoRequest, generation_pb2.ServerInfo),
-    }
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=request_type.FromString,
-            response_serializer=response_type.SerializeToString,
-        )
-        for name, (request_type, response_type) in unary.items()
-    }
-    handlers["Generate"] = grpc.unary_stream_rpc_method_handler(
-        servicer.Generate,
-        request_deserializer=api_proto.decode_generate_request,
-        response_serializer=generation_pb2.GenerateResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class RouterServer:
@@ -328,7 +201,3 @@ def _settings(config: RouterConfig, model: ModelConfig) -> OrchestratorSettings:
         decode_timeout_s=config.decode_timeout_s,
         control_timeout_s=config.control_rpc_timeout_s,
     )
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
