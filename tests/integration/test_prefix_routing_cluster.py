@@ -2,17 +2,21 @@
 
 The workers' page pools feed the router's index through WatchPageEvents; a prompt sharing a
 long prefix with an earlier one goes to the prefill worker that computed it, reuses its pages
-(cached tokens reported), and still equals HF transformers' greedy output.
+(cached tokens reported), and still equals HF transformers' greedy output. The router and
+every worker serve Prometheus /metrics, scraped over HTTP here.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import urllib.request
 
 import pytest
 
 from kv_transfer.pages import page_hashes
+from pdserve import client
+from pdserve.v1 import generation_pb2
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import (
     generate_all,
@@ -34,6 +38,8 @@ def cluster(ray_cluster, model_cache_dir):
         num_prefill=2,
         num_decode=1,
         page_size=PAGE_SIZE,
+        metrics_port=0,
+        worker_metrics=True,
     )
     yield cluster
     cluster.stop()
@@ -75,10 +81,44 @@ def test_a_shared_prefix_goes_to_the_worker_holding_it(cluster, prompts, tiny_di
     assert [c.token_ids for c in [first, *later]] == expected
     wait_until_idle(cluster)
 
-    metrics = cluster.cluster.router.metrics.render()[0].decode()
+    metrics = scrape(cluster.cluster.router.metrics_port)
     assert 'pdserve_routing_decisions_total{reason="prefix_hit"} 2.0' in metrics
     hits = _sample(metrics, "pdserve_prefix_cache_hits_total")
     assert hits >= 2 * PREFIX_PAGES * PAGE_SIZE
+
+
+def test_every_worker_serves_its_metrics(cluster, prompts):
+    generate_all(cluster.address, [token_request(prompts[0], MAX_NEW_TOKENS, ignore_eos=True)])
+    wait_until_idle(cluster)
+    channel, stub = client.connect(cluster.address)
+    with channel:
+        info = stub.GetServerInfo(generation_pb2.GetServerInfoRequest(), timeout=10)
+    assert {w.worker_id for w in info.workers} == {"prefill-0", "prefill-1", "decode-0"}
+    exported = fetched = 0.0
+    for worker in info.workers:
+        assert worker.metrics_port > 0
+        text = scrape(worker.metrics_port)
+        labels = f'role="{worker.role}",worker_id="{worker.worker_id}"'
+        assert f"pdserve_kv_pages_total{{{labels}}} " in text
+        assert f"pdserve_leases_outstanding{{{labels}}} 0.0" in text
+        exported += _labelled(
+            text, 'pdserve_kv_transfer_bytes_total{backend="shm",direction="export"}'
+        )
+        fetched += _labelled(
+            text, 'pdserve_kv_transfer_bytes_total{backend="shm",direction="fetch"}'
+        )
+    assert exported == fetched > 0
+
+
+def scrape(port: int) -> str:
+    assert port > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def _labelled(text: str, series: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(series + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
 
 
 def test_the_index_forgets_a_worker_that_is_removed(cluster, prompts):
