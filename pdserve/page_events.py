@@ -14,6 +14,7 @@ stream (one per router) runs on a gRPC thread:
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -54,8 +55,7 @@ class PageEventLog:
             if oldest > seq + 1:
                 return None
             start = seq + 1 - oldest
-            stop = min(len(self._events), start + max_events)
-            return [self._events[i] for i in range(start, stop)]
+            return list(itertools.islice(self._events, start, start + max_events))
 
     @property
     def closed(self) -> bool:

@@ -164,6 +164,10 @@ def start_grpc_server(register, host: str, port: int, max_workers: int) -> tuple
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A router gone without closing its streams (a partition) is noticed, and the
+            # thread serving its WatchPageEvents stream freed.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
         ],
     )
     register(server)

@@ -30,11 +30,12 @@ def make_index(config: RouterConfig) -> GuardedPrefixIndex:
         from router.redis_index import RedisPrefixIndex
 
         inner = RedisPrefixIndex(
-            config.redis_url, config.registry_ttl_s, socket_timeout_s=config.redis_timeout_s
+            config.redis_url, config.registry_ttl_s, socket_timeout_s=config.redis_write_timeout_s
         )
     else:
         inner = InMemoryPrefixIndex(config.registry_ttl_s)
-    return GuardedPrefixIndex(inner, _breaker(config, "prefix-index"))
+    breaker = _breaker(config, "prefix-index")
+    return GuardedPrefixIndex(inner, breaker, lookup_timeout_s=config.redis_timeout_s)
 
 
 def _breaker(config: RouterConfig, name: str) -> CircuitBreaker:
@@ -42,5 +43,5 @@ def _breaker(config: RouterConfig, name: str) -> CircuitBreaker:
         name,
         failure_threshold=config.redis_breaker_failures,
         reset_timeout_s=config.redis_breaker_reset_s,
-        call_timeout_s=config.redis_timeout_s,
+        call_timeout_s=config.redis_write_timeout_s,
     )

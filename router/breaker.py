@@ -143,19 +143,28 @@ class GuardedPrefixIndex(PrefixIndex):
     """Any PrefixIndex behind a CircuitBreaker: every method may raise DependencyUnavailable,
     on which the caller routes load-only (lookup) or asks for a snapshot later (apply).
 
-    The inner index is owned by this object; `close` always reaches it.
+    Lookups sit on the request path: `lookup_timeout_s` bounds them tighter than the
+    breaker's `call_timeout_s`, which bounds the writes (a worker's snapshot may hold tens of
+    thousands of hashes). The inner index is owned by this object; `close` always reaches it.
     """
 
-    def __init__(self, inner: PrefixIndex, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, inner: PrefixIndex, breaker: CircuitBreaker, lookup_timeout_s: float | None = None
+    ) -> None:
         super().__init__(inner.ttl_s)
         self._inner = inner
         self.breaker = breaker
+        self._lookup_timeout_s = lookup_timeout_s
 
     async def apply(self, batch: EventBatch) -> ApplyResult:
         return await self.breaker.call(self._inner.apply, batch)
 
     async def lookup(self, page_hashes: Sequence[bytes]) -> dict[str, int]:
-        return await self.breaker.call(self._inner.lookup, page_hashes)
+        return await self.breaker.call(self._bounded_lookup, page_hashes)
+
+    async def _bounded_lookup(self, page_hashes: Sequence[bytes]) -> dict[str, int]:
+        async with asyncio.timeout(self._lookup_timeout_s):
+            return await self._inner.lookup(page_hashes)
 
     async def refresh(self, worker_ids: Iterable[str]) -> None:
         await self.breaker.call(self._inner.refresh, list(worker_ids))

@@ -87,7 +87,13 @@ class RouterConfig(BaseSettings):
         "last successful stats poll by any router.",
     )
     redis_timeout_s: float = Field(
-        0.05, gt=0, description="Longest wait for one Redis call before routing goes without."
+        0.05, gt=0, description="Longest wait for a prefix lookup before routing goes without."
+    )
+    redis_write_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait for any other Redis call (index updates, e.g. a worker's "
+        "whole snapshot; registry heartbeats) before it counts as a failure.",
     )
     redis_breaker_failures: int = Field(
         3, ge=1, description="Consecutive Redis failures that open its circuit breaker."

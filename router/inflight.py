@@ -11,7 +11,7 @@ work, as of that report).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from router.registry import WorkerRecord
@@ -41,15 +41,35 @@ class InFlightLoad:
                 del self._prefill_tokens[worker_id]
 
     @contextmanager
-    def streaming(self, worker_id: str) -> Iterator[None]:
-        """While a Decode stream runs on the worker."""
+    def decoding(self, worker_id: str) -> Iterator[Callable[[str], None]]:
+        """From a request's route to its end, on the worker that streams its tokens (its
+        prefill leg included: the stream is on its way). Yields `move(worker_id)` for when
+        the request is re-routed to another decode worker before its stream starts."""
+        held = [worker_id]
         self._streams[worker_id] += 1
+
+        def move(new_worker_id: str) -> None:
+            self._release_stream(held[0])
+            held[0] = new_worker_id
+            self._streams[new_worker_id] += 1
+
         try:
-            yield
+            yield move
         finally:
-            self._streams[worker_id] -= 1
-            if not self._streams[worker_id]:
-                del self._streams[worker_id]
+            self._release_stream(held[0])
+
+    def has_work(self, worker_id: str) -> bool:
+        """Whether a request of this router is routed to or running on the worker."""
+        return bool(self._streams[worker_id] or self._prefill_tokens[worker_id])
+
+    def forget(self, worker_id: str) -> None:
+        """Drops the last-report bookkeeping of a worker that left."""
+        self._at_report.pop(worker_id, None)
+
+    def _release_stream(self, worker_id: str) -> None:
+        self._streams[worker_id] -= 1
+        if not self._streams[worker_id]:
+            del self._streams[worker_id]
 
     def overlay(self, workers: Sequence[WorkerRecord]) -> list[WorkerRecord]:
         """`workers` (the caller's copies, changed in place) with each load set to this router's

@@ -27,7 +27,7 @@ State:
     pdserve_requests_running                gauge      requests between receipt and their end
     pdserve_prefix_index_state{state}       gauge      1 for the index breaker's current state
                                                        (closed | open | half_open), 0 otherwise
-    pdserve_prefix_index_errors_total       counter    failed prefix index lookups or updates
+    pdserve_prefix_index_errors_total       counter    prefix lookups the index could not answer (load-only routes)
 """
 
 from __future__ import annotations
@@ -183,6 +183,6 @@ class RouterMetrics(MetricsExporter):
         )
         self._index_errors = Counter(
             "pdserve_prefix_index_errors",
-            "Failed prefix index lookups or updates.",
+            "Prefix lookups the index could not answer (routed on load only).",
             registry=self.registry,
         )

@@ -7,7 +7,9 @@ Lifecycle of a request here:
     2. prefill leg  Prefill on the prefill worker, naming the pair's KV backend (the route's)
                     -> token #1 + KVHandle of that backend (lease pinned there)
     3. token #1     emitted at once (TTFT); if it finished the request there is no decode leg
-    4. decode leg   Decode(handle, token #1) on the decode worker, which fetches the KV through
+    4. decode leg   the route's decode worker, or another that pairs the same way if it began
+                    draining meanwhile (a scale-in never strands a routed request);
+                    Decode(handle, token #1) on it; the decode worker fetches the KV through
                     the handle's backend (gloo: it asks `src_address` to SendKV), acks the
                     lease itself (ReleaseLease to `src_address`), then streams
     5. completion   exactly one Completion: finish reason, usage, timing, worker ids
@@ -22,6 +24,7 @@ decode worker acked is released on the prefill worker, so no pages are stranded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,9 +44,16 @@ from router.events import (
 from router.inflight import InFlightLoad
 from router.metrics import RouterMetrics
 from router.output import OutputDelta, OutputStream
-from router.policy import PolicyConfig, PolicyState, RouteDecision, RouteInput, pick_route
+from router.policy import (
+    PolicyConfig,
+    PolicyState,
+    RouteDecision,
+    RouteInput,
+    pick_decode,
+    pick_route,
+)
 from router.prefix_hints import PrefixHints
-from router.registry import WorkerRegistry
+from router.registry import WorkerRecord, WorkerRegistry
 from router.tokenizer import Tokenizer
 from router.validation import ValidatedRequest
 from router.worker_client import DecodeUpdate, HandOff, PrefillResult, WorkerClients
@@ -92,9 +102,22 @@ class Orchestrator:
         decision = await self._route(request)
         flow = _RequestFlow(self, request, clock, emit, decision)
         try:
-            await flow.execute()
+            with self.inflight.decoding(decision.decode.worker_id) as move:
+                flow.on_decode_moved = move
+                await flow.execute()
         finally:
             await asyncio.shield(flow.legs.wind_down(self.clients, self.settings.control_timeout_s))
+
+    async def decode_worker_now(self, decision: RouteDecision) -> WorkerRecord:
+        """Where the decode leg goes once prefill is done: the route's decode worker, unless it
+        began draining (or left) meanwhile — then another routable one that pairs with the
+        prefill worker over the same KV backend, if there is one."""
+        current = await self._registry.get(decision.decode.worker_id)
+        if decision.prefill is None or (current is not None and current.routable):
+            return decision.decode
+        workers = self.inflight.overlay(await self._registry.list_workers())
+        replacement = pick_decode(workers, decision.prefill, decision.kv_backend)
+        return replacement if replacement is not None else decision.decode
 
     async def _route(self, request: ValidatedRequest) -> RouteDecision:
         workers = self.inflight.overlay(await self._registry.list_workers())
@@ -160,6 +183,7 @@ class _RequestFlow:
         self._output = OutputStream(orchestrator.tokenizer, request.sampling.stop_strings)
         self._marks = TimingMarks()
         self.legs = _Legs(request.request_id)
+        self.on_decode_moved: Callable[[str], None] = lambda worker_id: None
 
     async def execute(self) -> None:
         if self._decision.is_colocated:
@@ -171,6 +195,10 @@ class _RequestFlow:
         if delta.stop_string is not None or prefill.finished:
             await self._complete(delta, stop_token_id)
             return
+        decode = await self._orchestrator.decode_worker_now(self._decision)
+        if decode.worker_id != self._decision.decode.worker_id:
+            self._decision = dataclasses.replace(self._decision, decode=decode)
+            self.on_decode_moved(decode.worker_id)
         await self._decode_leg(self.legs.handoff)
 
     async def _prefill_leg(self) -> PrefillResult:
@@ -195,10 +223,6 @@ class _RequestFlow:
         return result
 
     async def _decode_leg(self, handoff: HandOff | None) -> None:
-        with self._orchestrator.inflight.streaming(self._decision.decode.worker_id):
-            await self._relay_decode(handoff)
-
-    async def _relay_decode(self, handoff: HandOff | None) -> None:
         address = self._decision.decode.address
         timeout_s = self._clock.remaining_s(self._settings.decode_timeout_s)
         if handoff is None:

@@ -88,9 +88,10 @@ class PageEventFeed:
             await self._unfollow(incarnation)
 
     async def _unfollow(self, incarnation: _Incarnation) -> None:
-        task = self._tasks.pop(incarnation)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        task = self._tasks.pop(incarnation, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _follow(self, incarnation: _Incarnation) -> None:
         seq = -1  # no cursor: the first stream starts with a snapshot

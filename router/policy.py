@@ -154,6 +154,18 @@ def pick_route(
     )
 
 
+def pick_decode(
+    workers: Sequence[WorkerRecord], prefill: WorkerRecord, kv_backend: TransportBackend | None
+) -> WorkerRecord | None:
+    """A routable decode worker that takes `prefill`'s KV over `kv_backend`, or None."""
+    decodes = [
+        w
+        for w in _with_role(workers, Role.DECODE)
+        if w.routable and pair_backend(prefill, w, kv_backend) == kv_backend
+    ]
+    return min(decodes, key=_decode_key) if decodes else None
+
+
 def _local_prefill(
     live: Sequence[WorkerRecord], route: RouteInput, config: PolicyConfig, state: PolicyState
 ) -> RouteDecision | None:

@@ -8,6 +8,7 @@ workers' page events followed, health updated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -83,6 +84,7 @@ class RouterServer:
             on_report=self.orchestrator.inflight.note_report,
         )
         self._server: grpc.aio.Server | None = None
+        self._round_lock = asyncio.Lock()
         self._port = 0
         self.metrics_port = 0  # the bound /metrics port; 0 while not serving metrics
 
@@ -94,7 +96,7 @@ class RouterServer:
     async def add_worker(self, address: str) -> WorkerRecord:
         """Registers the worker at `address` from its own GetStats; raises WorkerUnavailable."""
         record = await self.monitor.discover(address)
-        await self._after_round(await self.registry.list_workers())
+        await self._after_round()
         return record
 
     async def drain_worker(self, worker_id: str) -> bool:
@@ -105,12 +107,14 @@ class RouterServer:
             return True
         drained = await self.clients.drain(record.address, self.config.control_rpc_timeout_s)
         await self.monitor.poll(record)
-        return drained
+        # A request routed here before the drain may still be in its prefill leg.
+        return drained and not self.orchestrator.inflight.has_work(worker_id)
 
     async def remove_worker(self, worker_id: str) -> None:
         """Forgets the worker: registry record and index entries."""
         await self.registry.deregister(worker_id)
-        await self._after_round(await self.registry.list_workers())
+        self.orchestrator.inflight.forget(worker_id)
+        await self._after_round()
 
     async def start(self) -> None:
         options = [
@@ -131,7 +135,7 @@ class RouterServer:
             server,
         )
         self._port = server.add_insecure_port(self.config.bind_address)
-        await self._after_round(await self.registry.list_workers())
+        await self._after_round()
         await server.start()
         self._server = server
         if self.config.metrics_port is not None:
@@ -161,13 +165,16 @@ class RouterServer:
         if new is BreakerState.CLOSED:  # back after an outage: rebuild it from the workers
             self.feed.resync()
 
-    async def _after_round(self, workers: list[WorkerRecord]) -> None:
-        """After each monitor round: take in other routers' registrations (dropping workers
-        gone everywhere), follow the live workers' page events, update health."""
-        if await self.registry.sync():
+    async def _after_round(self, _snapshot: list[WorkerRecord] | None = None) -> None:
+        """After each monitor round (and each add/remove): take in other routers'
+        registrations (dropping workers gone everywhere), follow the live workers' page
+        events, update health. One at a time — the monitor, a launcher and a scale overlap —
+        and from the registry as it is then (a snapshot taken before may be stale)."""
+        async with self._round_lock:
+            await self.registry.sync()
             workers = await self.registry.list_workers()
-        await self.feed.sync(workers)
-        await self._update_health(workers)
+            await self.feed.sync(workers)
+            await self._update_health(workers)
 
     async def _update_health(self, workers: list[WorkerRecord]) -> None:
         status = health_pb2.HealthCheckResponse.SERVING

@@ -117,10 +117,19 @@ def loads(records: list[WorkerRecord]) -> list[tuple[int, int]]:
 
 def test_in_flight_load_counts_ours_now_plus_the_others_as_last_reported():
     inflight = InFlightLoad()
-    with inflight.prefilling("p1", 20), inflight.streaming("p1"):
+    with inflight.prefilling("p1", 20), inflight.decoding("p1"):
         assert loads(inflight.overlay(polled(50, 1))) == [(70, 2)]  # no report noted yet
         inflight.note_report("p1")  # the report (50, 1) included our 20 tokens and 1 stream
         assert loads(inflight.overlay(polled(50, 1))) == [(50, 1)]
         assert not inflight.is_idle
     assert loads(inflight.overlay(polled(50, 1))) == [(30, 0)]  # ours finished since
+    assert inflight.is_idle
+
+
+def test_a_request_moved_to_another_decode_worker_counts_there():
+    inflight = InFlightLoad()
+    with inflight.decoding("d0") as move:
+        assert inflight.has_work("d0") and not inflight.has_work("d1")
+        move("d1")
+        assert inflight.has_work("d1") and not inflight.has_work("d0")
     assert inflight.is_idle
