@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -149,18 +149,28 @@ end
 
 
 class RedisPrefixIndex(PrefixIndex):
-    """The shared index; the URL carries AUTH (redis://:password@host) and TLS (rediss://)."""
+    """The shared index; the URL carries AUTH (redis://:password@host) and TLS (rediss://).
+    At most `max_connections` connections: a slow Redis makes callers wait for one (up to
+    the socket timeout), never opens one per request."""
 
     def __init__(
-        self, url: str, ttl_s: float, key_prefix: str = "pdserve", socket_timeout_s: float = 0.25
+        self,
+        url: str,
+        ttl_s: float,
+        key_prefix: str = "pdserve",
+        socket_timeout_s: float = 0.25,
+        max_connections: int = 32,
     ) -> None:
         super().__init__(ttl_s)
-        self._redis = Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=socket_timeout_s,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         )
+        self._redis = Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._prefix = f"{key_prefix}:index:"
         self._workers_key = f"{self._prefix}workers"
         self._apply = self._redis.register_script(_APPLY)

@@ -127,6 +127,15 @@ async def test_a_newer_epoch_purges_the_old_incarnation(index):
     assert await index.lookup(PAGE) == {"w0": 1}
 
 
+@pytest.mark.parametrize(("old", "new"), [(9, 10), (99, 100), (999_999_999, 10**18)])
+async def test_epochs_compare_as_numbers_whatever_their_digit_counts(index, old, new):
+    await index.apply(batch(stored(1, 0, 1), epoch=old))
+    assert await index.apply(batch(stored(1, 2), epoch=new)) == ApplyResult(1)
+    assert await index.apply(batch(stored(2, 0), epoch=old)) == ApplyResult(0, stale=True)
+    assert await index.lookup([PAGE[2]]) == {"w0": 1}
+    assert await index.lookup(PAGE) == {}
+
+
 async def test_an_older_epoch_is_stale(index):
     await index.apply(batch(stored(1, 0), epoch=EPOCH + 1))
     assert await index.apply(batch(stored(7, 0, 1, 2))) == ApplyResult(0, stale=True)
