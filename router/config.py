@@ -84,7 +84,7 @@ class RouterConfig(BaseSettings):
         10.0,
         gt=0,
         description="A worker's registry record and index entries expire this long after its "
-        "last successful stats poll by any router.",
+        "last successful stats poll by any router; a worker dead this long is dropped.",
     )
     redis_timeout_s: float = Field(
         0.05, gt=0, description="Longest wait for a prefix lookup before routing goes without."

@@ -4,13 +4,15 @@ Each round polls every known worker at once. A reply updates the worker's load a
 it alive; a reply from a newer epoch of the same worker (it restarted at the same address)
 re-registers it; `dead_after_failures` consecutive failures (no reply, or a reply from
 something else at that address) mark it dead, which takes it out of routing until a later
-reply revives it. After every round `on_round` receives the snapshot (health uses it).
+reply revives it. A worker that stays dead `drop_dead_after_s` past its last reply is dropped
+from the registry (its index entries follow it out through `on_round`). After every round `on_round` receives the snapshot (health uses it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from router.errors import RouterError
@@ -34,6 +36,7 @@ class WorkerMonitor:
         rpc_timeout_s: float,
         on_round: RoundCallback | None = None,
         on_report: Callable[[str], None] = lambda worker_id: None,
+        drop_dead_after_s: float = float("inf"),
     ) -> None:
         self._registry = registry
         self._clients = clients
@@ -42,6 +45,7 @@ class WorkerMonitor:
         self._timeout_s = rpc_timeout_s
         self._on_round = on_round
         self._on_report = on_report  # a worker's load report was just recorded
+        self._drop_dead_after_s = drop_dead_after_s
         self._failures: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -68,12 +72,24 @@ class WorkerMonitor:
         """One round over every registered worker; returns the snapshot after it."""
         workers = await self._registry.list_workers()
         await asyncio.gather(*(self.poll(worker) for worker in workers))
+        await self._drop_long_dead()
         known = {worker.worker_id for worker in workers}
         self._failures = {key: n for key, n in self._failures.items() if key in known}
         snapshot = await self._registry.list_workers()
         if self._on_round is not None:
             await self._on_round(snapshot)
         return snapshot
+
+    async def _drop_long_dead(self) -> None:
+        now = time.time()
+        for worker in await self._registry.list_workers():
+            if not worker.alive and now - worker.last_seen_s > self._drop_dead_after_s:
+                log.warning(
+                    "worker %s dead since %.0f s: dropped",
+                    worker.worker_id,
+                    now - worker.last_seen_s,
+                )
+                await self._registry.deregister(worker.worker_id, worker.epoch)
 
     async def _run(self) -> None:
         while True:

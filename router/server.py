@@ -82,6 +82,7 @@ class RouterServer:
             config.control_rpc_timeout_s,
             on_round=self._after_round,
             on_report=self.orchestrator.inflight.note_report,
+            drop_dead_after_s=config.registry_ttl_s,
         )
         self._server: grpc.aio.Server | None = None
         self._round_lock = asyncio.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +15,9 @@ from tests.doubles.mock_worker import SMALL_LAYOUT, MockWorker
 
 @asynccontextmanager
 async def monitoring(
-    registry: InMemoryRegistry, rounds: list[list[WorkerRecord]]
+    registry: InMemoryRegistry,
+    rounds: list[list[WorkerRecord]],
+    drop_dead_after_s: float = float("inf"),
 ) -> AsyncIterator[WorkerMonitor]:
     """A monitor that never polls on its own (period 60 s); tests call poll_once."""
 
@@ -30,6 +33,7 @@ async def monitoring(
             dead_after_failures=2,
             rpc_timeout_s=1,
             on_round=on_round,
+            drop_dead_after_s=drop_dead_after_s,
         )
     finally:
         await clients.close()
@@ -74,6 +78,18 @@ async def test_a_silent_worker_is_marked_dead_after_consecutive_failures():
         (first,) = await monitor.poll_once()
         (second,) = await monitor.poll_once()
     assert (first.alive, second.alive) == (True, False)  # dead_after_failures=2
+
+
+async def test_a_worker_dead_past_the_limit_is_dropped_and_reported_gone():
+    registry, rounds = InMemoryRegistry(), []
+    async with monitoring(registry, rounds, drop_dead_after_s=0.2) as monitor:
+        async with running(MockWorker("p0", Role.PREFILL)) as worker:
+            await monitor.discover(worker.address)
+        assert [w.alive for w in await monitor.poll_once()] == [True]
+        assert [w.alive for w in await monitor.poll_once()] == [False]  # seen < 0.2 s ago
+        await asyncio.sleep(0.25)
+        assert await monitor.poll_once() == []
+    assert await registry.get("p0") is None and rounds[-1] == []
 
 
 async def test_a_newer_epoch_at_the_same_address_is_re_registered():
