@@ -25,9 +25,11 @@ demo: setup
 test: setup redis-server-installed
 	$(BIN)/python -m pytest -q
 
-# The Redis index tests start their own redis-server (tests/redis_server.py); CI runs as root.
+# The Redis index tests start their own redis-server (tests/redis_server.py; openssl makes
+# its TLS certificate); CI runs as root.
 redis-server-installed:
-	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	command -v redis-server >/dev/null && command -v openssl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq redis-server openssl)
 
 bench: setup
 	$(BIN)/python -m bench $(if $(B),--only $(B))

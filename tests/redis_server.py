@@ -4,7 +4,9 @@ Lifecycle: `start()` (or `with RedisServer() as server:`) launches the process i
 temporary directory, without persistence, and returns once it answers PING. Faults are real:
 `kill()` (SIGKILL), `pause()` / `resume()` (SIGSTOP / SIGCONT). `restart()` starts a fresh
 process on the same port, so clients reconnect to the same URL and find it empty (no data,
-no cached scripts). `stop()` ends it (SIGTERM) and removes its directory.
+no cached scripts). `stop()` ends it (SIGTERM) and removes its directory. With `tls=True` it
+listens only for TLS (a self-signed certificate for 127.0.0.1 made with `openssl`), and `url`
+is a rediss:// URL that trusts that certificate.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ NO_RETRY = Retry(NoBackoff(), 0)  # a probe that fails says so at once
 
 
 class RedisServer:
-    def __init__(self, password: str | None = None, startup_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, password: str | None = None, tls: bool = False, startup_timeout_s: float = 5.0
+    ) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             raise RuntimeError(
@@ -35,6 +39,7 @@ class RedisServer:
             )
         self.password = password
         self.port = _free_port()
+        self._tls_dir = _self_signed_certificate() if tls else None
         self._executable = executable
         self._startup_timeout_s = startup_timeout_s
         self._dir: Path | None = None
@@ -44,7 +49,10 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{HOST}:{self.port}/0"
+        if self._tls_dir is None:
+            return f"redis://{auth}{HOST}:{self.port}/0"
+        ca = self._tls_dir / "cert.pem"
+        return f"rediss://{auth}{HOST}:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
 
     @property
     def is_running(self) -> bool:
@@ -58,7 +66,7 @@ class RedisServer:
     def start(self) -> None:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="pdserve-redis-"))
-        args = [self._executable, "--port", str(self.port), "--bind", HOST]
+        args = [self._executable, "--bind", HOST, *self._listen_args()]
         args += ["--save", "", "--appendonly", "no", "--dir", str(self._dir)]
         if self.password:
             args += ["--requirepass", self.password]
@@ -71,11 +79,12 @@ class RedisServer:
         self._signal_and_wait(signal.SIGKILL)
 
     def stop(self) -> None:
-        """Ends the server (SIGTERM) and removes its directory. Idempotent."""
+        """Ends the server (SIGTERM) and removes its directories. Idempotent."""
         self._signal_and_wait(signal.SIGTERM)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        for folder in (self._dir, self._tls_dir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._dir = self._tls_dir = None
 
     def pause(self) -> None:
         assert self._process is not None
@@ -125,14 +134,37 @@ class RedisServer:
                     raise RuntimeError(f"redis-server did not start:\n{self._log_tail()}") from None
                 time.sleep(0.02)
 
+    def _listen_args(self) -> list[str]:
+        if self._tls_dir is None:
+            return ["--port", str(self.port)]
+        cert, key = self._tls_dir / "cert.pem", self._tls_dir / "key.pem"
+        return [
+            *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+            *("--tls-ca-cert-file", str(cert)),
+        ]
+
     def _client(self) -> redis.Redis:
-        return redis.Redis(
-            host=HOST, port=self.port, password=self.password, socket_timeout=1.0, retry=NO_RETRY
-        )
+        return redis.Redis.from_url(self.url, socket_timeout=1.0, retry=NO_RETRY)
 
     def _log_tail(self) -> str:
         assert self._dir is not None
         return (self._dir / "redis.log").read_text(errors="replace")[-2000:]
+
+
+def _self_signed_certificate() -> Path:
+    """A folder with cert.pem and key.pem: a one-day self-signed certificate for HOST."""
+    folder = Path(tempfile.mkdtemp(prefix="pdserve-redis-tls-"))
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")),
+            *("-subj", f"/CN={HOST}", "-addext", f"subjectAltName=IP:{HOST}"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return folder
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""RedisPrefixIndex against a real redis-server that misbehaves: AUTH, restart, kill, pause.
+"""RedisPrefixIndex against a real redis-server: AUTH, TLS, and one that misbehaves —
+restart, kill, pause.
 
 The rules themselves are checked on both backends in test_prefix_index.py. Here the index
 must fail fast with a RedisError (its circuit breaker's cue to route on load alone) and
@@ -49,6 +50,21 @@ async def test_the_password_comes_from_the_url():
                     await intruder.lookup(PAGE)
         finally:
             for index in (authed, anonymous, wrong):
+                await index.close()
+
+
+async def test_tls_comes_from_a_rediss_url_and_plain_text_is_refused():
+    with RedisServer(password="s3cret", tls=True) as server:
+        assert server.url.startswith("rediss://:s3cret@")
+        secure = RedisPrefixIndex(server.url, ttl_s=60.0)
+        plain = RedisPrefixIndex(server.url.split("?")[0].replace("rediss", "redis"), ttl_s=60.0)
+        try:
+            assert await secure.apply(first_page()) == ApplyResult(1)
+            assert await secure.lookup(PAGE) == {"w0": 1}
+            with pytest.raises(RedisError):
+                await plain.lookup(PAGE)
+        finally:
+            for index in (secure, plain):
                 await index.close()
 
 
