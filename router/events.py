@@ -83,17 +83,22 @@ class TimingMarks:
     prefill_s: float = 0.0
     kv_transfer_s: float = 0.0
     cached_tokens: int = 0
+    decode_updates: int = 0
 
     def take_prefill(self, queue_s: float, prefill_s: float, cached_tokens: int) -> None:
         self.worker_queue_s, self.prefill_s, self.cached_tokens = queue_s, prefill_s, cached_tokens
 
     def take_decode(self, update: DecodeUpdate, colocated: bool) -> None:
-        # Workers report these once (on the first chunk) or as running totals: keep the max.
-        self.kv_transfer_s = max(self.kv_transfer_s, update.kv_transfer_s)
+        """The first update carries the leg's figures: the KV transfer and, colocated, the
+        worker's queue and prefill time up to token #1 (later chunks report time since)."""
+        self.decode_updates += 1
+        if self.decode_updates > 1:
+            return
+        self.kv_transfer_s = update.kv_transfer_s
         if colocated:
-            self.worker_queue_s = max(self.worker_queue_s, update.queue_s)
-            self.prefill_s = max(self.prefill_s, update.prefill_s)
-            self.cached_tokens = max(self.cached_tokens, update.cached_prompt_tokens)
+            self.worker_queue_s = update.queue_s
+            self.prefill_s = update.prefill_s
+            self.cached_tokens = update.cached_prompt_tokens
 
     def timing(self, received_s: float) -> Timing:
         now = time.monotonic()
