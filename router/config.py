@@ -69,6 +69,12 @@ class RouterConfig(BaseSettings):
         description="How a worker (pair) is picked: prefix_aware (uncached tokens + queued "
         "prefill work), least_load or round_robin.",
     )
+    max_route_attempts: int = Field(
+        2,
+        ge=1,
+        description="Routes one request may take: a worker that fails or is full before the "
+        "client saw a token is left out and the request routed again (1 = never).",
+    )
     prefix_balance_tokens: int = Field(
         2048,
         ge=0,

@@ -28,6 +28,7 @@ State:
     pdserve_prefix_index_state{state}       gauge      1 for the index breaker's current state
                                                        (closed | open | half_open), 0 otherwise
     pdserve_prefix_index_errors_total       counter    prefix lookups the index could not answer (load-only routes)
+    pdserve_request_retries_total           counter    requests routed again (a worker failed before token #1)
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ class RouterMetrics(MetricsExporter):
     def count_index_error(self) -> None:
         self._index_errors.inc()
 
+    def count_retry(self) -> None:
+        """A request routed again: its worker failed before the client saw a token."""
+        self._retries.inc()
+
     def _init_latencies(self) -> None:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, buckets=buckets, registry=self.registry)
@@ -184,5 +189,10 @@ class RouterMetrics(MetricsExporter):
         self._index_errors = Counter(
             "pdserve_prefix_index_errors",
             "Prefix lookups the index could not answer (routed on load only).",
+            registry=self.registry,
+        )
+        self._retries = Counter(
+            "pdserve_request_retries",
+            "Requests routed again because a worker failed before their first token.",
             registry=self.registry,
         )

@@ -15,6 +15,10 @@ Lifecycle of a request here:
     5. completion   exactly one Completion: finish reason, usage, timing, worker ids
 Colocated route: no step 2; Decode without a handle on the `both` worker streams from token #1.
 
+Retry: a worker that fails or is full (UNAVAILABLE, RESOURCE_EXHAUSTED) before the client
+saw a token is left out and the request routed again — after the failed attempt's legs were
+wound down — up to `max_attempts` routes; after token #1 a failure is final (WorkerLost).
+
 Whatever ends the request (completion, stop string, worker failure, client cancel,
 deadline, Abort), `_Legs.wind_down` runs before `run` returns or raises: every started leg
 that did not finish is sent Abort (all of them unless it completed), and a lease that no
@@ -31,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from router.errors import RouterError, WorkerLost, WorkerUnavailable
+from router.errors import NoWorkers, Overloaded, RouterError, WorkerLost, WorkerUnavailable
 from router.events import (
     Completion,
     FinishReason,
@@ -70,6 +74,7 @@ class OrchestratorSettings:
     prefill_timeout_s: float
     decode_timeout_s: float
     control_timeout_s: float  # Abort / ReleaseLease during wind-down
+    max_attempts: int = 2  # routes per request while the client has seen no token
 
 
 class Orchestrator:
@@ -97,12 +102,35 @@ class Orchestrator:
         """Streams TokenChunks then exactly one Completion through `emit`.
 
         Any other ending raises: a RouterError, or CancelledError when the caller's task was
-        cancelled. The legs are wound down before this returns or raises.
+        cancelled. Each attempt's legs are wound down before the next attempt, and before this
+        returns or raises. A worker that fails (or is full) before the client saw a token is
+        left out and the request routed again, up to `max_attempts` routes in all.
         """
-        decision = await self._route(request)
-        flow = _RequestFlow(self, request, clock, emit, decision)
+        avoided: set[str] = set()
+        failure: RouterError | None = None
+        for attempt in range(1, self.settings.max_attempts + 1):
+            try:
+                decision = await self._route(request, avoided)
+            except NoWorkers:
+                if failure is None:
+                    raise
+                raise failure from None  # nowhere else to go: the last attempt's error stands
+            flow = _RequestFlow(self, request, clock, emit, decision)
+            try:
+                await self._attempt(flow)
+                return
+            except (WorkerUnavailable, Overloaded) as error:
+                failed = flow.worker_failed_before_first_token()
+                if failed is None or attempt == self.settings.max_attempts:
+                    raise
+                log.info("request %s: %s failed before token #1", request.request_id, failed)
+                self.metrics.count_retry()
+                avoided.add(failed)
+                failure = error
+
+    async def _attempt(self, flow: _RequestFlow) -> None:
         try:
-            with self.inflight.decoding(decision.decode.worker_id) as move:
+            with self.inflight.decoding(flow.decision.decode.worker_id) as move:
                 flow.on_decode_moved = move
                 await flow.execute()
         finally:
@@ -119,8 +147,9 @@ class Orchestrator:
         replacement = pick_decode(workers, decision.prefill, decision.kv_backend)
         return replacement if replacement is not None else decision.decode
 
-    async def _route(self, request: ValidatedRequest) -> RouteDecision:
-        workers = self.inflight.overlay(await self._registry.list_workers())
+    async def _route(self, request: ValidatedRequest, avoided: set[str]) -> RouteDecision:
+        listed = await self._registry.list_workers()
+        workers = self.inflight.overlay([w for w in listed if w.worker_id not in avoided])
         pages = await self.hints.lookup(request.prompt_token_ids, workers)
         route = RouteInput(request.prompt_len, pages.matched, pages.affinity)
         decision = pick_route(workers, route, self.settings.policy, PolicyState(self._turn))
@@ -287,6 +316,20 @@ class _RequestFlow:
         is_eos = not sampling.ignore_eos and token_id in self._settings.eos_token_ids
         is_stop = prefill.finished and (is_eos or token_id in sampling.stop_token_ids)
         return token_id if is_stop else None
+
+    @property
+    def decision(self) -> RouteDecision:
+        return self._decision
+
+    def worker_failed_before_first_token(self) -> str | None:
+        """The worker whose leg failed, if the client has seen no token yet (None otherwise):
+        the decode worker once its leg started (colocated), else the prefill worker."""
+        if self._output.num_tokens or self._marks.first_token_s is not None:
+            return None
+        if self.legs.decode_address:
+            return self._decision.decode.worker_id
+        prefill = self._decision.prefill
+        return prefill.worker_id if prefill is not None else self._decision.decode.worker_id
 
     def _lost_if_streaming(self, message: str) -> RouterError:
         if self._output.num_tokens == 0:

@@ -208,4 +208,5 @@ def _settings(config: RouterConfig, model: ModelConfig) -> OrchestratorSettings:
         prefill_timeout_s=config.prefill_timeout_s,
         decode_timeout_s=config.decode_timeout_s,
         control_timeout_s=config.control_rpc_timeout_s,
+        max_attempts=config.max_route_attempts,
     )
