@@ -25,23 +25,25 @@ skipped, its matmuls being emulated and several times slower than float32; the J
 from __future__ import annotations
 
 import os
-import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.common import BenchResult, Summary, interleave, machine_info
-from engine.builder import DEFAULT_MODEL_CACHE, EngineConfig
+from bench.engine_arms import ENGINE, ArmRun, EngineArm, HFArm
+from bench.engine_workloads import (
+    FULL,
+    QUICK,
+    WARMUP,
+    Plan,
+    Workload,
+    describe_lengths,
+    hf_computed_tokens,
+)
+from engine.builder import DEFAULT_MODEL_CACHE
 from engine.config import ModelConfig
-from engine.core import EngineCore
-from engine.page_pool import PagePool
-from engine.request import Request, SamplingParams
-from engine.runner import TORCH_DTYPES, ModelRunner
-from engine.scheduler import SchedulerConfig
 from engine.weights import resolve_model
 
 ID = "B0"
@@ -50,169 +52,6 @@ TARGET_MIXED = 2.0
 TARGET_UNIFORM = 1.0
 MODEL = "smollm2-135m"
 NUM_THREADS = 2
-SEED = 0
-ENGINE = EngineConfig()  # page size, batch limits and prefix caching as a worker runs them
-
-
-@dataclass(frozen=True, slots=True)
-class WorkloadSpec:
-    """Request lengths drawn uniformly from the inclusive ranges."""
-
-    name: str
-    num_requests: int
-    input_len: tuple[int, int]
-    output_len: tuple[int, int]
-
-    def draw(self, vocab_size: int) -> Workload:
-        rng = random.Random(f"{ID}-{SEED}-{self.name}")
-        input_lens = [rng.randint(*self.input_len) for _ in range(self.num_requests)]
-        output_lens = [rng.randint(*self.output_len) for _ in range(self.num_requests)]
-        prompts = [[rng.randrange(vocab_size) for _ in range(n)] for n in input_lens]
-        return Workload(self, prompts, output_lens)
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    spec: WorkloadSpec
-    prompts: list[list[int]]
-    output_lens: list[int]
-
-    @property
-    def num_output_tokens(self) -> int:
-        return sum(self.output_lens)
-
-    def num_pages(self, page_size: int) -> int:
-        """Pages that hold every request's full context at once."""
-        pairs = zip(self.prompts, self.output_lens, strict=True)
-        return sum(-(-(len(p) + n) // page_size) for p, n in pairs)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    is_quick: bool
-    workloads: tuple[WorkloadSpec, WorkloadSpec]  # (a) mixed, (b) uniform
-    hf_batch_size: int
-    repeats: int
-    dtypes: tuple[str, ...]
-
-
-FULL = Plan(
-    is_quick=False,
-    workloads=(
-        WorkloadSpec("a", 64, (32, 512), (16, 256)),
-        WorkloadSpec("b", 32, (128, 128), (128, 128)),
-    ),
-    hf_batch_size=32,
-    repeats=3,
-    dtypes=("float32", "bfloat16"),
-)
-# Quick keeps (a)'s shape: two HF batches, lengths spread within each.
-QUICK = Plan(
-    is_quick=True,
-    workloads=(
-        WorkloadSpec("a", 16, (16, 128), (8, 64)),
-        WorkloadSpec("b", 8, (64, 64), (32, 32)),
-    ),
-    hf_batch_size=8,
-    repeats=1,
-    dtypes=("float32",),
-)
-WARMUP = WorkloadSpec("warmup", 4, (16, 64), (4, 8))
-
-
-@dataclass(frozen=True, slots=True)
-class ArmRun:
-    num_output_tokens: int  # useful tokens: what the requests asked for
-    wall_s: float
-    cpu_s: float  # this process, all threads
-
-    @property
-    def tok_per_s(self) -> float:
-        return self.num_output_tokens / self.wall_s
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
-
-    def stop(self, num_output_tokens: int) -> ArmRun:
-        wall_s, cpu_s = time.perf_counter() - self.wall_start, time.process_time() - self.cpu_start
-        return ArmRun(num_output_tokens, wall_s, cpu_s)
-
-
-class EngineArm:
-    """A fresh EngineCore (and page pool) per run over one shared ModelRunner."""
-
-    name = "pdserve"
-
-    def __init__(self, model_dir: Path, dtype: str, num_pages: int) -> None:
-        self.num_pages = num_pages
-        self.runner = ModelRunner(model_dir, dtype, num_pages, ENGINE.page_size, ENGINE.attention)
-        self.scheduler_config = SchedulerConfig(
-            max_num_seqs=ENGINE.max_num_seqs,
-            max_num_batched_tokens=ENGINE.max_num_batched_tokens,
-            enable_prefix_caching=ENGINE.enable_prefix_caching,
-        )
-        self.num_steps = 0  # of the last run
-
-    def run(self, workload: Workload) -> ArmRun:
-        pool = PagePool(self.num_pages, ENGINE.page_size)
-        core = EngineCore(self.runner, pool, self.scheduler_config)
-        watch = Stopwatch()
-        for i, (prompt, num_out) in enumerate(
-            zip(workload.prompts, workload.output_lens, strict=True)
-        ):
-            sampling = SamplingParams(max_tokens=num_out, ignore_eos=True)
-            core.add_request(Request(f"{workload.spec.name}-{i}", list(prompt), sampling))
-        num_produced = 0
-        while core.has_work:
-            num_produced += sum(len(out.new_token_ids) for out in core.step())
-        result = watch.stop(num_produced)
-        self.num_steps = core.num_steps
-        _check_count(self.name, num_produced, workload)
-        return result
-
-
-class HFArm:
-    """transformers `generate` in static, left-padded batches, each run to its longest output."""
-
-    name = "hf"
-
-    def __init__(self, model_dir: Path, dtype: str, batch_size: int) -> None:
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # per-call generation-config notices
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype])
-        self.model.eval()
-        self.pad_token_id = ModelConfig.from_dir(model_dir).eos_token_ids[0]
-        self.batch_size = batch_size
-
-    def run(self, workload: Workload) -> ArmRun:
-        watch = Stopwatch()
-        for start in range(0, len(workload.prompts), self.batch_size):
-            stop = start + self.batch_size
-            self._generate(workload.prompts[start:stop], max(workload.output_lens[start:stop]))
-        return watch.stop(workload.num_output_tokens)
-
-    def _generate(self, prompts: Sequence[list[int]], num_new: int) -> None:
-        # input_ids, attention_mask: [batch, longest prompt], padding on the left
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.int64)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.int64)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt) :] = 1
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                do_sample=False,
-                max_new_tokens=num_new,
-                min_new_tokens=num_new,
-                pad_token_id=self.pad_token_id,
-            )
-        assert out.shape == (len(prompts), width + num_new), out.shape
 
 
 def run(quick: bool) -> BenchResult:
@@ -242,7 +81,7 @@ def run(quick: bool) -> BenchResult:
         "engine": ENGINE.model_dump(mode="json"),
         "hf_batch_size": plan.hf_batch_size,
         "repeats": plan.repeats,
-        "warmup": f"one discarded run of each arm: {_lengths(WARMUP)}",
+        "warmup": f"one discarded run of each arm: {describe_lengths(WARMUP)}",
         "by_dtype": by_dtype,
     }
     name = f"{NAME} [quick]" if plan.is_quick else NAME
@@ -269,7 +108,7 @@ def measure_dtype(model_dir: Path, dtype: str, plan: Plan) -> dict[str, dict[str
             runs.setdefault(f"{arm.name}/{workload.spec.name}", []).append(result)
             if isinstance(arm, EngineArm):
                 steps[workload.spec.name] = arm.num_steps
-            print(f"B0 {dtype} {arm.name}/{workload.spec.name}: {_describe(result)}", flush=True)
+            print(f"B0 {dtype} {arm.name}/{workload.spec.name}: {result.describe()}", flush=True)
             return result.tok_per_s
 
         return once
@@ -293,7 +132,7 @@ def _row(
         "output_len": list(spec.output_len),
         "num_prompt_tokens": sum(len(p) for p in workload.prompts),
         "num_output_tokens": workload.num_output_tokens,
-        "hf_computed_output_tokens": _hf_computed_tokens(workload, hf_batch_size),
+        "hf_computed_output_tokens": hf_computed_tokens(workload, hf_batch_size),
         "pdserve_steps": num_steps,
         "ratio": round(engine_tps.median / hf_tps.median, 3),
         "paired_ratio": paired.scaled(1),
@@ -305,14 +144,6 @@ def _row(
         "pdserve_cpu_s": [round(r.cpu_s, 2) for r in engine],
         "hf_cpu_s": [round(r.cpu_s, 2) for r in hf],
     }
-
-
-def _hf_computed_tokens(workload: Workload, batch_size: int) -> int:
-    lens = workload.output_lens
-    return sum(
-        max(lens[i : i + batch_size]) * len(lens[i : i + batch_size])
-        for i in range(0, len(lens), batch_size)
-    )
 
 
 def _runnable_dtypes(dtypes: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -358,25 +189,6 @@ def _print_summary(by_dtype: dict[str, dict[str, dict[str, Any]]], headline_dtyp
 
 def _range(summary: dict[str, float]) -> str:
     return f"{summary['median']:.1f} [{summary['min']:.1f}–{summary['max']:.1f}]"
-
-
-def _check_count(arm: str, num_produced: int, workload: Workload) -> None:
-    if num_produced != workload.num_output_tokens:
-        raise RuntimeError(
-            f"{arm}/{workload.spec.name}: produced {num_produced} tokens, "
-            f"expected {workload.num_output_tokens}"
-        )
-
-
-def _lengths(spec: WorkloadSpec) -> str:
-    return f"{spec.num_requests} requests, in U{list(spec.input_len)}, out U{list(spec.output_len)}"
-
-
-def _describe(result: ArmRun) -> str:
-    return (
-        f"{result.tok_per_s:.1f} tok/s ({result.num_output_tokens} tokens in "
-        f"{result.wall_s:.1f} s, cpu/wall {result.cpu_s / result.wall_s:.2f})"
-    )
 
 
 def _thread_info() -> dict[str, Any]:

@@ -49,13 +49,7 @@ class PageEventLog:
         None when events after `seq` are no longer kept (the reader must resynchronise)."""
         with self._changed:
             self._changed.wait_for(lambda: self._closed or self._newest() > seq, timeout_s)
-            if not self._events or self._events[-1].seq <= seq:
-                return []
-            oldest = self._events[0].seq
-            if oldest > seq + 1:
-                return None
-            start = seq + 1 - oldest
-            return list(itertools.islice(self._events, start, start + max_events))
+            return events_after(self._events, seq, max_events)
 
     @property
     def closed(self) -> bool:
@@ -80,19 +74,34 @@ def watch(
         events = log.read_after(seq, poll_s, max_batch) if seq >= 0 else None
         if events is None:
             hashes, seq = snapshot()
-            yield _snapshot_batch(epoch, hashes, seq)
+            yield snapshot_batch(epoch, hashes, seq)
         elif events:
             seq = events[-1].seq
-            yield worker_pb2.PageEventBatch(
-                epoch=epoch, events=[_event_proto(e) for e in events], last_seq=seq
-            )
+            yield events_batch(epoch, events)
 
 
-def _snapshot_batch(epoch: int, hashes: list[bytes], seq: int) -> worker_pb2.PageEventBatch:
+def events_after(events: deque[PageEvent], seq: int, max_events: int) -> list[PageEvent] | None:
+    """Up to `max_events` of the kept `events` after `seq`; None when some of those are no
+    longer kept (the reader needs a snapshot)."""
+    if not events or events[-1].seq <= seq:
+        return []
+    oldest = events[0].seq
+    if oldest > seq + 1:
+        return None
+    start = seq + 1 - oldest
+    return list(itertools.islice(events, start, start + max_events))
+
+
+def snapshot_batch(epoch: int, hashes: list[bytes], seq: int) -> worker_pb2.PageEventBatch:
     events = [worker_pb2.PageEvent(stored=True, page_hash=h, seq=seq) for h in hashes]
     return worker_pb2.PageEventBatch(epoch=epoch, reset=True, events=events, last_seq=seq)
 
 
-def _event_proto(event: PageEvent) -> worker_pb2.PageEvent:
-    stored = event.kind is PageEventKind.STORED
-    return worker_pb2.PageEvent(stored=stored, page_hash=event.page_hash, seq=event.seq)
+def events_batch(epoch: int, events: list[PageEvent]) -> worker_pb2.PageEventBatch:
+    protos = [
+        worker_pb2.PageEvent(
+            stored=event.kind is PageEventKind.STORED, page_hash=event.page_hash, seq=event.seq
+        )
+        for event in events
+    ]
+    return worker_pb2.PageEventBatch(epoch=epoch, events=protos, last_seq=events[-1].seq)

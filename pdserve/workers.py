@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import grpc
 
@@ -21,6 +20,7 @@ from kv_transfer.pages import KVLayout, Role, TransportBackend
 from kv_transfer.wire import layout_to_proto
 from pdserve.metrics_export import MetricsExporter
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+from pdserve.worker_config import WorkerConfig
 
 # Internal messages carry KV handles, never KV bytes, but prompts can be long.
 MAX_MESSAGE_BYTES = 64 * 2**20
@@ -110,18 +110,7 @@ def sampling_from_proto(msg: worker_pb2.WorkerSampling) -> SamplingParams:
     )
 
 
-class ServingConfig(Protocol):
-    """The fields of either worker config that say where and how it serves."""
-
-    worker_id: str
-    host: str
-    port: int
-    max_grpc_threads: int
-    transport: TransportBackend
-    metrics_port: int | None
-
-
-def serve_metrics(metrics: MetricsExporter, config: ServingConfig) -> int:
+def serve_metrics(metrics: MetricsExporter, config: WorkerConfig) -> int:
     """Starts /metrics when the config asks for it; returns the bound port (0: off)."""
     if config.metrics_port is None:
         return 0
@@ -130,7 +119,7 @@ def serve_metrics(metrics: MetricsExporter, config: ServingConfig) -> int:
 
 def serve_worker(
     servicer: worker_pb2_grpc.WorkerServicer,
-    config: ServingConfig,
+    config: WorkerConfig,
     role: Role,
     epoch: int,
     layout: KVLayout,

@@ -1,6 +1,7 @@
 """The mock worker's optional prefix cache: a real `engine.page_pool.PagePool`, a modelled
 prefill cost, and the page-event log its WatchPageEvents streams (pdserve/page_events.py's
-semantics, asyncio-native so that a watch never blocks the event loop or holds a thread).
+semantics and batch builders, asyncio-native so that a watch never blocks the event loop or
+holds a thread).
 
 A prompt's prefill, like a compute-bound worker's scheduler (engine/scheduler.py):
 
@@ -26,8 +27,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from engine.page_pool import PageEvent, PageEventKind, PagePool, PagePoolExhausted
+from engine.page_pool import PageEvent, PagePool, PagePoolExhausted
 from kv_transfer.pages import page_hashes
+from pdserve.page_events import events_after, events_batch, snapshot_batch
 from pdserve.v1 import worker_pb2
 
 T = TypeVar("T")
@@ -58,15 +60,8 @@ class PageEventLog:
         return self._closed
 
     def read_after(self, seq: int, max_events: int) -> list[PageEvent] | None:
-        """Up to `max_events` events after `seq`, without waiting; None when some of them are
-        no longer kept (the reader needs a snapshot)."""
-        if not self._events or self._events[-1].seq <= seq:
-            return []
-        oldest = self._events[0].seq
-        if oldest > seq + 1:
-            return None
-        start = seq + 1 - oldest
-        return [self._events[i] for i in range(start, min(len(self._events), start + max_events))]
+        """Up to `max_events` events after `seq`, without waiting (see `events_after`)."""
+        return events_after(self._events, seq, max_events)
 
     async def wait_after(self, seq: int) -> None:
         """Returns once an event after `seq` is kept or the log is closed."""
@@ -100,19 +95,12 @@ async def watch_page_events(
         events = log.read_after(seq, max_batch) if seq >= 0 else None
         if events is None:
             hashes, seq = source.snapshot()
-            stored = [worker_pb2.PageEvent(stored=True, page_hash=h, seq=seq) for h in hashes]
-            yield worker_pb2.PageEventBatch(epoch=epoch, reset=True, events=stored, last_seq=seq)
+            yield snapshot_batch(epoch, hashes, seq)
         elif events:
             seq = events[-1].seq
-            protos = [_event_proto(event) for event in events]
-            yield worker_pb2.PageEventBatch(epoch=epoch, events=protos, last_seq=seq)
+            yield events_batch(epoch, events)
         else:
             await log.wait_after(seq)
-
-
-def _event_proto(event: PageEvent) -> worker_pb2.PageEvent:
-    stored = event.kind is PageEventKind.STORED
-    return worker_pb2.PageEvent(stored=stored, page_hash=event.page_hash, seq=event.seq)
 
 
 class Aborted(Exception):

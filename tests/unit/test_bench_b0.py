@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import b0_engine
-from bench.b0_engine import Plan, Workload, WorkloadSpec
+from bench.engine_workloads import Plan, Workload, WorkloadSpec, hf_computed_tokens
 
 TINY_PLAN = Plan(
     is_quick=True,
@@ -36,7 +36,7 @@ def test_workload_is_seeded_and_within_its_ranges():
 def test_hf_computes_every_row_of_a_batch_to_its_longest_output():
     # batches [1, 5] and [2, 2]: 5 * 2 + 2 * 2 tokens computed for 10 requested
     workload = make_workload([1, 5, 2, 2])
-    assert b0_engine._hf_computed_tokens(workload, batch_size=2) == 14
+    assert hf_computed_tokens(workload, batch_size=2) == 14
     assert workload.num_output_tokens == 10
 
 

@@ -1,0 +1,46 @@
+"""What both worker roles' configs share: where a worker serves, its engine, its KV transports,
+its metrics and its drain. Each role's config (prefill_worker/config.py, decode_worker/config.py)
+subclasses it with its own env prefix, defaults and fields.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings
+
+from engine.builder import EngineConfig
+from kv_transfer.collective import KVGroupSpec
+from kv_transfer.factory import held_backends
+from kv_transfer.pages import TransportBackend
+
+
+class WorkerConfig(BaseSettings):
+    worker_id: str = Field(description="Unique worker name in the cluster.")
+    host: str = Field("127.0.0.1", description="Address the internal gRPC server binds.")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    transport: TransportBackend = Field(
+        TransportBackend.SHM, description="KV backend of requests that name none."
+    )
+    kv_group: KVGroupSpec | None = Field(
+        None, description="This worker's place in the cluster's KV group (gloo/nccl), if any."
+    )
+    verify_checksum: bool = Field(True, description="Checksum every KV buffer it moves.")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics HTTP port; 0 = ephemeral, unset = off.",
+    )
+    drain_quiet_s: float = Field(
+        3.0,
+        gt=0,
+        description="A draining worker counts as drained only after this long without a new "
+        "request: longer than a router's stats period, so routes already chosen arrive first.",
+    )
+    max_grpc_threads: int = Field(64, ge=4, description="Concurrent internal RPCs.")
+
+    @model_validator(mode="after")
+    def _holds_its_transport(self) -> WorkerConfig:
+        held_backends(self.transport, self.kv_group)
+        return self
