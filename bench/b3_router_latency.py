@@ -9,7 +9,7 @@ would add the handoff orchestration (B2's subject) and a client-side imitation o
     direct   client ── Decode(256 prompt ids, max_tokens 2) ──► mock worker
     router   client ── Generate(same ids as TokenInput) ──► router ── Decode ──► mock worker
 
-The mock has no artificial delay; no process is pinned (b3_load says why). Per rate, the
+The mock has no artificial delay; no process is pinned (router_latency_load says why). Per rate, the
 arms run open-loop Poisson windows interleaved after one discarded warm-up round. Added
 TTFT = router TTFT percentile − direct TTFT percentile of the same round (requests are not
 paired), then median with min–max over the rounds.
@@ -35,8 +35,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.b3_load import PROMPT_LEN, LoadClient, Schedule, Servers, Target, Window, unpin
 from bench.common import BenchResult, Summary, interleave, machine_info, percentile
+from bench.router_latency_load import (
+    PROMPT_LEN,
+    LoadClient,
+    Schedule,
+    Servers,
+    Target,
+    Window,
+    unpin,
+)
 from kv_transfer.pages import KVLayout, Role, page_hashes
 from router.config import PolicyName
 from router.policy import PolicyConfig, RouteDecision, RouteInput, pick_route

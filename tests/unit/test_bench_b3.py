@@ -8,7 +8,7 @@ import os
 from itertools import pairwise
 
 from bench import b3_router_latency as b3
-from bench.b3_load import Schedule, Target, Window, process_cpu_s
+from bench.router_latency_load import Schedule, Target, Window, process_cpu_s
 from kv_transfer.pages import Role, TransportBackend
 
 
