@@ -12,7 +12,8 @@ Module map, in the order a request meets them:
     inflight.py      this router's outstanding work per worker (polled load lags)
     policy.py        pure route choice: prefix-aware / least-load / round-robin pair, or a
                      worker that prefills a short uncached remainder itself
-    orchestrator.py  one request's two legs, cancellation fan-out, the final message
+    orchestrator.py  one request: route, retry before token #1, in-flight counts
+    request_flow.py  one attempt's legs, cancellation fan-out, the final message
     events.py        what a request's stream carries (chunks, completion), its clock
     output.py        detokenizer.py + stops.py over one request's token stream
     worker_client.py internal Worker RPCs, worker proto <-> dataclasses

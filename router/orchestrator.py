@@ -1,4 +1,5 @@
-"""One request's two legs, from a validated request to its single terminal outcome.
+"""One request, from a validated request to its single terminal outcome: routing, retries;
+each attempt's legs run in request_flow.py.
 
 Lifecycle of a request here:
     1. route        the prefix index's hint for the prompt (prefix_hints.py) and the registry
@@ -20,7 +21,7 @@ saw a token is left out and the request routed again — after the failed attemp
 wound down — up to `max_attempts` routes; after token #1 a failure is final (WorkerLost).
 
 Whatever ends the request (completion, stop string, worker failure, client cancel,
-deadline, Abort), `_Legs.wind_down` runs before `run` returns or raises: every started leg
+deadline, Abort), `Legs.wind_down` runs before `run` returns or raises: every started leg
 that did not finish is sent Abort (all of them unless it completed), and a lease that no
 decode worker acked is released on the prefill worker, so no pages are stranded.
 """
@@ -28,26 +29,13 @@ decode worker acked is released on the prefill worker, so no pages are stranded.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from dataclasses import dataclass
 
-from router.errors import NoWorkers, Overloaded, RouterError, WorkerLost, WorkerUnavailable
-from router.events import (
-    Completion,
-    FinishReason,
-    RequestClock,
-    StreamEvent,
-    TimingMarks,
-    TokenChunk,
-    Usage,
-)
+from router.errors import NoWorkers, Overloaded, RouterError, WorkerUnavailable
+from router.events import RequestClock
 from router.inflight import InFlightLoad
 from router.metrics import RouterMetrics
-from router.output import OutputDelta, OutputStream
 from router.policy import (
     PolicyConfig,
     PolicyState,
@@ -58,13 +46,12 @@ from router.policy import (
 )
 from router.prefix_hints import PrefixHints
 from router.registry import WorkerRecord, WorkerRegistry
+from router.request_flow import Emit, RequestFlow
 from router.tokenizer import Tokenizer
 from router.validation import ValidatedRequest
-from router.worker_client import DecodeUpdate, HandOff, PrefillResult, WorkerClients
+from router.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[StreamEvent], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +102,7 @@ class Orchestrator:
                 if failure is None:
                     raise
                 raise failure from None  # nowhere else to go: the last attempt's error stands
-            flow = _RequestFlow(self, request, clock, emit, decision)
+            flow = RequestFlow(self, request, clock, emit, decision)
             try:
                 await self._attempt(flow)
                 return
@@ -128,7 +115,7 @@ class Orchestrator:
                 avoided.add(failed)
                 failure = error
 
-    async def _attempt(self, flow: _RequestFlow) -> None:
+    async def _attempt(self, flow: RequestFlow) -> None:
         try:
             with self.inflight.decoding(flow.decision.decode.worker_id) as move:
                 flow.on_decode_moved = move
@@ -162,176 +149,3 @@ class Orchestrator:
 
     def stop_token_text(self, token_id: int) -> str:
         return self.tokenizer.decode((token_id,), skip_special_tokens=False)
-
-
-@dataclass(slots=True)
-class _Legs:
-    """Which worker calls exist for one request, for the wind-down."""
-
-    request_id: str
-    prefill_address: str = ""  # set once Prefill was sent
-    handoff: HandOff | None = None  # a lease pinned on the prefill worker
-    decode_address: str = ""  # set once Decode was sent
-    decode_acked: bool = False  # a chunk came: the decode worker fetched and acked the lease
-    decode_finished: bool = False
-    completed: bool = False  # the Completion was emitted
-
-    async def wind_down(self, clients: WorkerClients, timeout_s: float) -> None:
-        """Best effort: a failed call is logged, never raised (the lease TTL is the backstop)."""
-        calls = []
-        if self.prefill_address and not self.completed:
-            calls.append(clients.abort(self.prefill_address, self.request_id, timeout_s))
-        if self.handoff is not None and not self.decode_acked:
-            transfer_id = self.handoff.handle.transfer_id
-            calls.append(clients.release_lease(self.prefill_address, transfer_id, timeout_s))
-        if self.decode_address and not (self.completed and self.decode_finished):
-            calls.append(clients.abort(self.decode_address, self.request_id, timeout_s))
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                log.info("request %s: wind-down call failed: %s", self.request_id, outcome)
-
-
-class _RequestFlow:
-    """One request's progress: legs, output text, timing. Lives for one `run`."""
-
-    def __init__(
-        self,
-        orchestrator: Orchestrator,
-        request: ValidatedRequest,
-        clock: RequestClock,
-        emit: Emit,
-        decision: RouteDecision,
-    ) -> None:
-        self._orchestrator = orchestrator
-        self._settings = orchestrator.settings
-        self._clients = orchestrator.clients
-        self._request = request
-        self._clock = clock
-        self._emit = emit
-        self._decision = decision
-        self._output = OutputStream(orchestrator.tokenizer, request.sampling.stop_strings)
-        self._marks = TimingMarks()
-        self.legs = _Legs(request.request_id)
-        self.on_decode_moved: Callable[[str], None] = lambda worker_id: None
-
-    async def execute(self) -> None:
-        if self._decision.is_colocated:
-            await self._decode_leg(None)
-            return
-        prefill = await self._prefill_leg()
-        stop_token_id = self._prefill_stop_token(prefill)
-        delta = await self._emit_tokens((prefill.first_token_id,), prefill.finished, stop_token_id)
-        if delta.stop_string is not None or prefill.finished:
-            await self._complete(delta, stop_token_id)
-            return
-        decode = await self._orchestrator.decode_worker_now(self._decision)
-        if decode.worker_id != self._decision.decode.worker_id:
-            self._decision = dataclasses.replace(self._decision, decode=decode)
-            self.on_decode_moved(decode.worker_id)
-        await self._decode_leg(self.legs.handoff)
-
-    async def _prefill_leg(self) -> PrefillResult:
-        prefill_worker, kv_backend = self._decision.prefill, self._decision.kv_backend
-        # disaggregated routes always name both
-        assert prefill_worker is not None and kv_backend is not None
-        timeout_s = self._clock.remaining_s(self._settings.prefill_timeout_s)
-        self._marks.sent_s = time.monotonic()
-        self.legs.prefill_address = prefill_worker.address
-        uncached = self._request.prompt_len - self._decision.expected_hit_pages * (
-            prefill_worker.layout.page_size
-        )
-        with self._orchestrator.inflight.prefilling(prefill_worker.worker_id, max(uncached, 0)):
-            result = await self._clients.prefill(
-                prefill_worker.address, self._request, kv_backend, timeout_s
-            )
-        if result.handle is not None:
-            self.legs.handoff = HandOff(
-                result.first_token_id, result.handle, prefill_worker.address
-            )
-        self._marks.take_prefill(result.queue_s, result.prefill_s, result.cached_prompt_tokens)
-        return result
-
-    async def _decode_leg(self, handoff: HandOff | None) -> None:
-        address = self._decision.decode.address
-        timeout_s = self._clock.remaining_s(self._settings.decode_timeout_s)
-        if handoff is None:
-            self._marks.sent_s = time.monotonic()
-        self.legs.decode_address = address
-        updates = self._clients.decode(address, self._request, timeout_s, handoff)
-        try:
-            async with aclosing(updates):
-                async for update in updates:
-                    if await self._on_update(update):
-                        return
-        except WorkerUnavailable as error:
-            raise self._lost_if_streaming(error.message) from None
-        raise self._lost_if_streaming("the decode worker ended the stream without finishing")
-
-    async def _on_update(self, update: DecodeUpdate) -> bool:
-        """Relays one decode update; returns True once the request completed."""
-        self.legs.decode_acked = True
-        self._marks.take_decode(update, colocated=self._decision.is_colocated)
-        delta = await self._emit_tokens(update.token_ids, update.finished, update.stop_token_id)
-        if delta.stop_string is None and not update.finished:
-            return False
-        self.legs.decode_finished = update.finished
-        await self._complete(delta, update.stop_token_id)
-        return True
-
-    async def _emit_tokens(
-        self, token_ids: tuple[int, ...], is_last: bool, stop_token_id: int | None = None
-    ) -> OutputDelta:
-        delta = self._output.push(token_ids, is_last, stop_token_id)
-        if not (delta.token_ids or delta.text):  # e.g. a closing update without tokens
-            return delta
-        await self._emit(TokenChunk(delta.token_ids, delta.text))
-        if self._marks.first_token_s is None:
-            self._marks.first_token_s = time.monotonic()
-        return delta
-
-    async def _complete(self, delta: OutputDelta, stop_token_id: int | None) -> None:
-        if delta.stop_string is not None:
-            reason, stop = FinishReason.STOP, delta.stop_string
-        elif stop_token_id is not None:
-            reason, stop = FinishReason.STOP, self._orchestrator.stop_token_text(stop_token_id)
-        else:
-            reason, stop = FinishReason.LENGTH, ""
-        prefill = self._decision.prefill or self._decision.decode
-        usage = Usage(self._request.prompt_len, self._output.num_tokens, self._marks.cached_tokens)
-        completion = Completion(
-            finish_reason=reason,
-            stop=stop,
-            usage=usage,
-            timing=self._marks.timing(self._clock.received_s),
-            prefill_worker_id=prefill.worker_id,
-            decode_worker_id=self._decision.decode.worker_id,
-        )
-        await self._emit(completion)
-        self.legs.completed = True
-        self._orchestrator.metrics.observe_completion(usage, completion.timing)
-
-    def _prefill_stop_token(self, prefill: PrefillResult) -> int | None:
-        """The stop token that made token #1 the last one, if that is why it was."""
-        token_id, sampling = prefill.first_token_id, self._request.sampling
-        is_eos = not sampling.ignore_eos and token_id in self._settings.eos_token_ids
-        is_stop = prefill.finished and (is_eos or token_id in sampling.stop_token_ids)
-        return token_id if is_stop else None
-
-    @property
-    def decision(self) -> RouteDecision:
-        return self._decision
-
-    def worker_failed_before_first_token(self) -> str | None:
-        """The worker whose leg failed, if the client has seen no token yet (None otherwise):
-        the decode worker once its leg started (colocated), else the prefill worker."""
-        if self._output.num_tokens or self._marks.first_token_s is not None:
-            return None
-        if self.legs.decode_address:
-            return self._decision.decode.worker_id
-        prefill = self._decision.prefill
-        return prefill.worker_id if prefill is not None else self._decision.decode.worker_id
-
-    def _lost_if_streaming(self, message: str) -> RouterError:
-        if self._output.num_tokens == 0:
-            return WorkerUnavailable(message)
-        return WorkerLost(f"{message} after {self._output.num_tokens} tokens")
