@@ -1,4 +1,9 @@
-"""Builds a worker's engine from its configuration: runner, page pool, scheduler, loop."""
+"""Builds a worker's engine from its configuration: runner, page pool, scheduler, loop.
+
+The runner is the model (`runner="model"`: weights loaded, real logits) or, for tests and
+chaos runs, engine/mock_runner.py (`runner="mock"`: no weights, checkable tokens, a
+modelled cost per step).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.config import ModelConfig
 from engine.core import EngineCore
 from engine.loop import EngineLoop
+from engine.mock_runner import MockRunner
 from engine.page_pool import PageEvent, PagePool
 from engine.runner import ModelRunner
 from engine.scheduler import SchedulerConfig
 
 DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "pdserve" / "models"
+
+RunnerKind = Literal["model", "mock"]
 
 
 class EngineConfig(BaseModel):
@@ -45,6 +53,26 @@ class EngineConfig(BaseModel):
     )
     num_threads: int = Field(1, ge=1, description="torch intra-op threads of this worker.")
     attention: Literal["torch"] = Field("torch", description="Attention backend.")
+    runner: RunnerKind = Field(
+        "model",
+        description="model: load the weights and run them; mock: no weights, each next token "
+        "a hash of the context read back through the KV cache (engine/mock_runner.py), for "
+        "tests and chaos runs (float32 only).",
+    )
+    mock_prefill_s_per_token: float = Field(
+        0.0, ge=0, description="Mock runner: modelled seconds per prompt token in a step."
+    )
+    mock_decode_s_per_step: float = Field(
+        0.0, ge=0, description="Mock runner: modelled seconds every step costs."
+    )
+
+    @model_validator(mode="after")
+    def _mock_in_float32(self) -> EngineConfig:
+        if self.runner == "mock" and self.dtype != "float32":
+            raise ValueError(
+                f"dtype: the mock runner needs float32 (exact token ids), not {self.dtype}"
+            )
+        return self
 
     def num_pages(self, model: ModelConfig) -> int:
         return self.kv_cache_mib * 2**20 // model.kv_layout(self.page_size, self.dtype).page_nbytes
@@ -64,13 +92,13 @@ def build_engine(
     model_dir: Path,
     name: str,
     on_page_event: Callable[[PageEvent], None] | None = None,
-) -> tuple[EngineLoop, ModelRunner]:
-    """Loads the model and returns a started engine loop and its runner (for the KV tensor).
-    `on_page_event` receives the page pool's prefix-cache events, on the engine thread."""
+) -> tuple[EngineLoop, ModelRunner | MockRunner]:
+    """Loads the model (or the mock) and returns a started engine loop and its runner (for the
+    KV tensor). `on_page_event` receives the page pool's prefix-cache events, on the engine thread."""
     model = ModelConfig.from_dir(model_dir)
     config.check_fits(model)
     num_pages = config.num_pages(model)
-    runner = ModelRunner(model_dir, config.dtype, num_pages, config.page_size, config.attention)
+    runner = _make_runner(config, model_dir, num_pages)
     pool = PagePool(num_pages, config.page_size, on_event=on_page_event)
     scheduler_config = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
@@ -80,3 +108,16 @@ def build_engine(
     loop = EngineLoop(EngineCore(runner, pool, scheduler_config), name=name)
     loop.start()
     return loop, runner
+
+
+def _make_runner(config: EngineConfig, model_dir: Path, num_pages: int) -> ModelRunner | MockRunner:
+    if config.runner == "mock":
+        return MockRunner(
+            model_dir,
+            config.dtype,
+            num_pages,
+            config.page_size,
+            prefill_s_per_token=config.mock_prefill_s_per_token,
+            decode_s_per_step=config.mock_decode_s_per_step,
+        )
+    return ModelRunner(model_dir, config.dtype, num_pages, config.page_size, config.attention)

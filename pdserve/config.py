@@ -18,7 +18,7 @@ import yaml
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from engine.builder import DEFAULT_MODEL_CACHE
+from engine.builder import DEFAULT_MODEL_CACHE, RunnerKind
 from kv_transfer.pages import TransportBackend
 from router.config import PolicyName
 
@@ -52,6 +52,17 @@ class ClusterConfig(BaseSettings):
     kv_cache_mib: int = Field(512, ge=1, description="KV cache of each worker.")
     threads_per_worker: int = Field(1, ge=1, description="torch threads of each worker.")
     max_num_batched_tokens: int = Field(512, ge=1, description="Token budget per engine step.")
+    runner: RunnerKind = Field(
+        "model",
+        description="Workers' model runner: model (the weights), or mock (no weights; tokens a "
+        "hash of the context read through the KV cache, for tests and chaos runs).",
+    )
+    mock_prefill_s_per_token: float = Field(
+        0.0, ge=0, description="Mock runner: modelled seconds per prompt token."
+    )
+    mock_decode_s_per_step: float = Field(
+        0.0, ge=0, description="Mock runner: modelled seconds per engine step."
+    )
     transport: TransportBackend = Field(
         TransportBackend.SHM,
         description="KV transfer backend: shm (pairs chosen by topology: shm on one node), or "

@@ -206,6 +206,9 @@ class LocalCluster:
             kv_cache_mib=self.config.kv_cache_mib,
             num_threads=self.config.threads_per_worker,
             max_num_batched_tokens=self.config.max_num_batched_tokens,
+            runner=self.config.runner,
+            mock_prefill_s_per_token=self.config.mock_prefill_s_per_token,
+            mock_decode_s_per_step=self.config.mock_decode_s_per_step,
         )
 
     def _router_config(self) -> RouterConfig:
