@@ -32,6 +32,7 @@ from engine.weights import resolve_model
 from kv_transfer.collective import KVGroupSpec
 from kv_transfer.factory import COLLECTIVE_BACKENDS
 from kv_transfer.pages import Role
+from kv_transfer.shm_segments import sweep_orphan_segments
 from pdserve.config import ClusterConfig
 from pdserve.scaling import PoolScaler, PoolSizes, cluster_service
 from pdserve.workers import WorkerIdentity
@@ -50,6 +51,7 @@ class WorkerHandle:
 
 
 _ID_PREFIX = {Role.PREFILL: "prefill", Role.DECODE: "decode", Role.BOTH: "both"}
+_SEGMENT_SWEEP_PERIOD_S = 1.0
 
 
 class LocalCluster:
@@ -64,6 +66,7 @@ class LocalCluster:
         self.model_dir: Path | None = None
         self._owns_ray = False
         self._next_index = dict.fromkeys(Role, 0)
+        self._segment_sweep: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -87,6 +90,7 @@ class LocalCluster:
         for _, address in started:
             await self.router.add_worker(address)
         await self.router.start()
+        self._segment_sweep = asyncio.create_task(self._sweep_segments(), name="shm-sweep")
         log.info(
             "pdserve serving %s on %s with %s%s",
             config.model,
@@ -98,6 +102,8 @@ class LocalCluster:
         )
 
     async def stop(self) -> None:
+        if self._segment_sweep is not None:
+            self._segment_sweep.cancel()
         if self.scaler is not None:
             await self.scaler.close()
         if self.router is not None:
@@ -152,6 +158,16 @@ class LocalCluster:
             log.warning("worker %s did not stop cleanly: %s", worker_id, type(exc).__name__)
         finally:
             ray.kill(handle.actor)
+
+    async def _sweep_segments(self) -> None:
+        """A worker killed without closing (SIGKILL, OOM) leaves its shm KV exports in
+        /dev/shm, and nothing else would unlink them before a new worker starts on this node:
+        unlink every segment whose creating process is gone, each period."""
+        while True:
+            await asyncio.sleep(_SEGMENT_SWEEP_PERIOD_S)
+            swept = await asyncio.to_thread(sweep_orphan_segments)
+            if swept:
+                log.info("unlinked %d KV segments of dead workers", swept)
 
     def _serve_cluster_api(self, server) -> None:
         assert self.scaler is not None
