@@ -48,8 +48,10 @@ class DecodeWorker:
             config.transport,
             config.kv_group,
             verify_checksum=config.verify_checksum,
+            checksum_sample_rate=config.checksum_sample_rate,
             request_send=self._peers.request_send,
             observer=self.metrics,
+            faults=config.fault_plan,
         )
         self._scheduler = DecodeScheduler(
             self._loop,
@@ -97,6 +99,7 @@ class DecodeWorker:
             transfers_in_flight=self._scheduler.num_transfers_in_flight,
             num_exports=self._transports.num_exports(),
             num_fetches=self._transports.num_fetches(),
+            faults_injected=self._transports.faults_injected(),
         )
         gate = self._edge.gate
         serving = ServingState(gate.draining, gate.drained, self._metrics_port)

@@ -7,6 +7,9 @@ checksum travels inside `KVHandle.locator` and `export()` keeps its signature:
 
     envelope: magic "PDK1" | flags u8 | 3 pad | nbytes u64 | checksum u64 | address bytes
 
+`Integrity` is one transport's checksum policy on both halves: what export seals into the
+envelope, what fetch verifies before it copies.
+
 Locators cross a process boundary, so they are plain structs, never pickle, and every field
 read from one is checked before it is used.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -25,23 +28,30 @@ import torch
 import xxhash
 
 from kv_transfer.pages import KVHandle, KVLayout
-from kv_transfer.transport import TransferError, TransferState
+from kv_transfer.transport import TransferError, TransferFailure, TransferState
 
 _MAGIC = b"PDK1"
 _ENVELOPE = struct.Struct("<4sB3xQQ")
 _HAS_CHECKSUM = 1
+_SAMPLED_OUT = 2  # the source skipped this transfer's checksum by sampling, not by policy
+
+Buffer = np.ndarray | torch.Tensor
+ReceiveTap = Callable[[str, Buffer], Buffer]
 
 
 @dataclass(frozen=True, slots=True)
 class Locator:
-    """One exported buffer: its size, its checksum (None when not computed), its address."""
+    """One exported buffer: its size, its checksum (None when not computed), its address;
+    `sampled_out` when the source checksums only a sample of transfers and skipped this one."""
 
     nbytes: int
     checksum: int | None
     address: bytes
+    sampled_out: bool = False
 
     def encode(self) -> bytes:
         flags = _HAS_CHECKSUM if self.checksum is not None else 0
+        flags |= _SAMPLED_OUT if self.sampled_out else 0
         header = _ENVELOPE.pack(_MAGIC, flags, self.nbytes, self.checksum or 0)
         return header + self.address
 
@@ -52,7 +62,8 @@ class Locator:
             raise TransferError("malformed KV locator")
         _, flags, nbytes, checksum = _ENVELOPE.unpack_from(raw)
         has_checksum = bool(flags & _HAS_CHECKSUM)
-        return cls(nbytes, checksum if has_checksum else None, raw[_ENVELOPE.size :])
+        checksum = checksum if has_checksum else None
+        return cls(nbytes, checksum, raw[_ENVELOPE.size :], bool(flags & _SAMPLED_OUT))
 
 
 def buffer_checksum(buffer: np.ndarray | torch.Tensor) -> int:
@@ -67,11 +78,60 @@ def checksum_if(enabled: bool, buffer: np.ndarray | torch.Tensor) -> int | None:
 
 
 def verify_checksum(locator: Locator, buffer: np.ndarray | torch.Tensor, transfer_id: str) -> None:
-    """Fails closed: a source that sent no checksum fails verification too."""
+    """Fails closed: a source that sent no checksum fails verification too, unless it says it
+    sampled this transfer out."""
+    if locator.sampled_out:
+        return
     if locator.checksum is None:
-        raise TransferError(f"{transfer_id}: the source sent no checksum")
+        raise TransferError(f"{transfer_id}: the source sent no checksum", TransferFailure.CHECKSUM)
     if buffer_checksum(buffer) != locator.checksum:
-        raise TransferError(f"{transfer_id}: checksum mismatch, the KV buffer is corrupt")
+        raise TransferError(
+            f"{transfer_id}: checksum mismatch, the KV buffer is corrupt", TransferFailure.CHECKSUM
+        )
+
+
+@dataclass(slots=True)
+class Integrity:
+    """One transport's checksum policy, used by both of its halves.
+
+    Export: `seal` puts the buffer's xxh3 in its locator when `verify` is on and the transfer
+    is in the sample: a share `sample_rate` of transfer ids, picked by their hash, so both
+    halves and a rerun agree. A sampled-out locator says so and carries no checksum.
+    Fetch: `received` runs what arrived through `tap`, then verifies it unless `verify` is off
+    or the source sampled it out; the caller copies the buffer it returns, never the one it
+    passed. `tap` is for chaos testing only (kv_transfer/faults.py corrupts bytes there, where
+    the real verification must catch them); None in production.
+    """
+
+    verify: bool = True
+    sample_rate: float = 1.0
+    tap: ReceiveTap | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError(f"checksum_sample_rate: {self.sample_rate} is not in [0, 1]")
+
+    def is_sampled(self, transfer_id: str) -> bool:
+        if self.sample_rate >= 1.0:
+            return True
+        return xxhash.xxh3_64_intdigest(transfer_id.encode()) < self.sample_rate * 2**64
+
+    def seal(self, transfer_id: str, buffer: Buffer, nbytes: int, address: bytes) -> Locator:
+        """The locator of an exported buffer; call it once the buffer holds what is sent."""
+        if not self.verify:
+            return Locator(nbytes, None, address)
+        if not self.is_sampled(transfer_id):
+            return Locator(nbytes, None, address, sampled_out=True)
+        return Locator(nbytes, buffer_checksum(buffer), address)
+
+    def received(self, locator: Locator, buffer: Buffer, transfer_id: str) -> Buffer:
+        """The buffer to copy into the destination, checked; raises TransferError (reason
+        CHECKSUM) on a mismatch, before anything was copied."""
+        if self.tap is not None:
+            buffer = self.tap(transfer_id, buffer)
+        if self.verify:
+            verify_checksum(locator, buffer, transfer_id)
+        return buffer
 
 
 def page_rows(kv: torch.Tensor) -> np.ndarray:
@@ -157,7 +217,7 @@ class Deadline:
 
     def check(self, transfer_id: str) -> None:
         if self.remaining_s() <= 0:
-            raise TransferError(f"{transfer_id}: deadline passed")
+            raise TransferError(f"{transfer_id}: deadline passed", TransferFailure.TIMEOUT)
 
 
 class BufferPool:

@@ -42,16 +42,15 @@ from kv_transfer.checksum import (
     BufferPool,
     Deadline,
     ExportTable,
+    Integrity,
     Locator,
     check_destination,
-    checksum_if,
     gather_rows,
     page_index,
     scatter_rows,
-    verify_checksum,
 )
 from kv_transfer.pages import KVHandle, TransportBackend
-from kv_transfer.transport import KVTransport, TransferError, TransferState
+from kv_transfer.transport import KVTransport, TransferError, TransferFailure, TransferState
 
 RequestSend = Callable[[KVHandle, int, float], None]
 """(handle, dst_rank, timeout_s): make the source call `send(handle.transfer_id, dst_rank)`;
@@ -149,6 +148,7 @@ class CollectiveTransport(KVTransport):
         rank: int,
         request_send: RequestSend,
         verify_checksum: bool = True,
+        checksum_sample_rate: float = 1.0,
         group_name: str = "default",
         pool_bytes: int = 512 << 20,
     ) -> None:
@@ -157,7 +157,7 @@ class CollectiveTransport(KVTransport):
         self.backend = backend
         self._rank = rank
         self._request_send = request_send
-        self._verify = verify_checksum
+        self.integrity = Integrity(verify_checksum, checksum_sample_rate)
         self._link = _GlooLink() if backend == TransportBackend.GLOO else _NcclLink(group_name)
         self._exports: ExportTable[_Staged] = ExportTable()
         self._buffers = BufferPool(pool_bytes)
@@ -170,11 +170,12 @@ class CollectiveTransport(KVTransport):
         index = page_index(page_ids, kv_cache.shape[0])
         buffer, rows = self._take_rows(len(index), kv_cache)
         gather_rows(kv_cache, index, out=rows)
-        checksum = checksum_if(self._verify, rows)
         tag = next(_TAGS) % (1 << 31)
+        locator = self.integrity.seal(
+            transfer_id, rows, rows.numel(), _ADDRESS.pack(self._rank, tag)
+        )
         self._exports.add(transfer_id, _Staged(buffer, rows, tag))
-        address = _ADDRESS.pack(self._rank, tag)
-        return Locator(rows.numel(), checksum, address).encode()
+        return locator.encode()
 
     def send(self, transfer_id: str, dst_rank: int) -> None:
         """Source side of a pull: posts the staged buffer's send to dst_rank and returns.
@@ -209,9 +210,9 @@ class CollectiveTransport(KVTransport):
             self._ask_source(handle, deadline)
             wait = self._link.post_recv(rows, src_rank, tag)
         _wait_until(wait, deadline, handle.transfer_id)
-        if self._verify:
-            verify_checksum(locator, rows, handle.transfer_id)
-        scatter_rows(kv_cache, dst_index, rows)
+        scatter_rows(
+            kv_cache, dst_index, self.integrity.received(locator, rows, handle.transfer_id)
+        )
         # Only a buffer whose recv completed is reused: an abandoned one may still be written.
         self._buffers.give_back(buffer)
 
@@ -296,6 +297,8 @@ def _wait_until(wait: Wait, deadline: Deadline, transfer_id: str) -> None:
     # against this check; it stays posted so a late send lands in its own (abandoned) buffer.
     remaining_s = deadline.remaining_s()
     if remaining_s <= 0 or not done.wait(remaining_s):
-        raise TransferError(f"{transfer_id}: deadline passed while receiving")
+        raise TransferError(
+            f"{transfer_id}: deadline passed while receiving", TransferFailure.TIMEOUT
+        )
     if failure:
         raise TransferError(f"{transfer_id}: receive failed: {failure[0]}") from failure[0]

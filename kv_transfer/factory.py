@@ -7,7 +7,8 @@ the router per pair; a request naming none gets the worker's default (its config
 
 Every export and fetch of a worker passes through its TransportSet, so that is where an
 optional TransferObserver (the worker's metrics) sees each one: bytes and seconds of those that
-succeeded, a failure for each TransferError.
+succeeded, a failure for each TransferError, by its reason. For chaos testing only, a set may
+inject faults into its fetches (kv_transfer/faults.py); its ledger counts them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -27,8 +29,9 @@ from kv_transfer.collective import (
     join_kv_group,
     leave_kv_group,
 )
+from kv_transfer.faults import FaultInjector, FaultKind, FaultPlan
 from kv_transfer.pages import KVHandle, TransferDirection, TransportBackend
-from kv_transfer.transport import KVTransport, TransferError
+from kv_transfer.transport import KVTransport, TransferError, TransferFailure
 
 COLLECTIVE_BACKENDS = frozenset({TransportBackend.GLOO, TransportBackend.NCCL})
 T = TypeVar("T")
@@ -44,9 +47,9 @@ class TransferObserver(Protocol):
         """One transfer succeeded: `nbytes` of KV pages moved in `seconds`."""
 
     def count_transfer_failure(
-        self, backend: TransportBackend, direction: TransferDirection
+        self, backend: TransportBackend, direction: TransferDirection, reason: TransferFailure
     ) -> None:
-        """One transfer raised TransferError."""
+        """One transfer raised TransferError, for `reason`."""
 
 
 class UnavailableBackend(ValueError):
@@ -56,9 +59,11 @@ class UnavailableBackend(ValueError):
 def make_transport(backend: TransportBackend, **options: Any) -> KVTransport:
     """A transport of `backend`; options are its constructor's keyword arguments:
 
-    local: exchange, verify_checksum            shm: verify_checksum, pool_bytes, max_mappings
-    cuda_ipc: verify_checksum                   gloo / nccl: rank, request_send, verify_checksum,
-                                                group_name (after join_kv_group)
+    local: exchange, verify_checksum, checksum_sample_rate
+    shm: verify_checksum, checksum_sample_rate, pool_bytes, max_mappings
+    cuda_ipc: verify_checksum
+    gloo / nccl: rank, request_send, verify_checksum, checksum_sample_rate,
+                 group_name (after join_kv_group)
     """
     backend = TransportBackend(backend)
     if backend == TransportBackend.LOCAL:
@@ -97,15 +102,21 @@ def make_worker_transports(
     kv_group: KVGroupSpec | None,
     *,
     verify_checksum: bool,
+    checksum_sample_rate: float = 1.0,
     request_send: RequestSend | None = None,
     observer: TransferObserver | None = None,
+    faults: FaultPlan | None = None,
 ) -> TransportSet:
     """One transport per held backend. The collective one must still join its group
     (`TransportSet.join_group`). `request_send` is how a fetching (decode) worker asks a source
-    to send; a worker that never fetches leaves it None. `observer` sees every transfer."""
+    to send; a worker that never fetches leaves it None. `observer` sees every transfer.
+    `faults` (chaos testing only) are injected into every fetch when the plan is active."""
     transports: dict[TransportBackend, KVTransport] = {}
     for backend in held_backends(default, kv_group):
-        options: dict[str, Any] = {"verify_checksum": verify_checksum}
+        options: dict[str, Any] = {
+            "verify_checksum": verify_checksum,
+            "checksum_sample_rate": checksum_sample_rate,
+        }
         if kv_group is not None and backend == kv_group.backend:
             options |= {
                 "rank": kv_group.rank,
@@ -113,7 +124,8 @@ def make_worker_transports(
                 "group_name": kv_group.group_name,
             }
         transports[backend] = make_transport(backend, **options)
-    return TransportSet(transports, default, kv_group, observer=observer)
+    injector = FaultInjector(faults) if faults is not None and faults.is_active else None
+    return TransportSet(transports, default, kv_group, observer=observer, injector=injector)
 
 
 class TransportSet:
@@ -131,9 +143,14 @@ class TransportSet:
         kv_group: KVGroupSpec | None = None,
         *,
         observer: TransferObserver | None = None,
+        injector: FaultInjector | None = None,
     ) -> None:
         self._transports = dict(transports)
         self._observer = observer
+        self._injector = injector
+        if injector is not None:
+            for transport in self._transports.values():
+                injector.attach(transport)
         self.default = default
         self._kv_group = kv_group
         self._joined = False
@@ -190,11 +207,16 @@ class TransportSet:
     ) -> None:
         """KVTransport.fetch through the handle's backend; raises UnavailableBackend if not held."""
         chosen = self.resolve(handle.backend)
+        transport = self._transports[chosen]
+        if self._injector is None:
+            fetch = transport.fetch
+        else:
+            fetch = partial(self._injector.fetch, transport)
         self._observed(
             chosen,
             TransferDirection.FETCH,
             handle.nbytes,
-            lambda: self._transports[chosen].fetch(handle, kv_cache, dst_page_ids, timeout_s),
+            lambda: fetch(handle, kv_cache, dst_page_ids, timeout_s),
         )
         self._count(self._num_fetches, handle.backend)
 
@@ -223,6 +245,10 @@ class TransportSet:
         with self._lock:
             return dict(self._num_fetches)
 
+    def faults_injected(self) -> dict[FaultKind, int]:
+        """Faults injected into this set's fetches, by kind (chaos testing; else empty)."""
+        return self._injector.ledger.counts() if self._injector is not None else {}
+
     def close(self) -> None:
         """Closes every transport, then leaves the KV group if this set joined it."""
         for transport in self._transports.values():
@@ -249,8 +275,8 @@ class TransportSet:
         started_s = time.perf_counter()
         try:
             result = transfer()
-        except TransferError:
-            self._observer.count_transfer_failure(backend, direction)
+        except TransferError as exc:
+            self._observer.count_transfer_failure(backend, direction, exc.reason)
             raise
         self._observer.observe_transfer(backend, direction, nbytes, time.perf_counter() - started_s)
         return result

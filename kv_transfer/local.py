@@ -15,13 +15,12 @@ import torch
 from kv_transfer.checksum import (
     Deadline,
     ExportTable,
+    Integrity,
     Locator,
     check_destination,
-    checksum_if,
     gather_rows,
     page_index,
     scatter_rows,
-    verify_checksum,
 )
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferState
@@ -56,18 +55,24 @@ class LocalTransport(KVTransport):
 
     backend = TransportBackend.LOCAL
 
-    def __init__(self, *, exchange: LocalExchange | None = None, verify_checksum: bool = True):
+    def __init__(
+        self,
+        *,
+        exchange: LocalExchange | None = None,
+        verify_checksum: bool = True,
+        checksum_sample_rate: float = 1.0,
+    ):
         self._exchange = exchange if exchange is not None else LocalExchange()
-        self._verify = verify_checksum
+        self.integrity = Integrity(verify_checksum, checksum_sample_rate)
         self._exports: ExportTable[None] = ExportTable()
 
     def export(self, transfer_id: str, kv_cache: torch.Tensor, page_ids: Sequence[int]) -> bytes:
         self._exports.check_new(transfer_id)
         rows = gather_rows(kv_cache, page_index(page_ids, kv_cache.shape[0]))
-        checksum = checksum_if(self._verify, rows)
+        locator = self.integrity.seal(transfer_id, rows, rows.numel(), b"")
         self._exports.add(transfer_id, None)
         self._exchange.publish(transfer_id, rows)
-        return Locator(rows.numel(), checksum, b"").encode()
+        return locator.encode()
 
     def fetch(
         self,
@@ -82,8 +87,7 @@ class LocalTransport(KVTransport):
         rows = self._exchange.lookup(handle.transfer_id)
         if rows is None:
             raise TransferError(f"{handle.transfer_id}: released or never exported")
-        if self._verify:
-            verify_checksum(locator, rows, handle.transfer_id)
+        rows = self.integrity.received(locator, rows, handle.transfer_id)
         scatter_rows(kv_cache, dst_index, rows)
 
     def release(self, transfer_id: str) -> None:

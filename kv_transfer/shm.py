@@ -27,13 +27,12 @@ import torch
 from kv_transfer.checksum import (
     Deadline,
     ExportTable,
+    Integrity,
     Locator,
     check_destination,
-    checksum_if,
     gather_rows,
     page_index,
     page_rows,
-    verify_checksum,
 )
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.shm_segments import (
@@ -53,7 +52,8 @@ class ShmTransport(KVTransport):
     """Shared-memory transport between processes of one node; CPU KV caches only.
 
     pool_bytes bounds the idle segments kept for reuse (0: unlink on release);
-    max_mappings bounds the peers' segments a fetcher keeps mapped.
+    max_mappings bounds the peers' segments a fetcher keeps mapped; checksum_sample_rate is
+    the share of transfers checksummed when verify_checksum is on (checksum.Integrity).
     """
 
     backend = TransportBackend.SHM
@@ -62,12 +62,13 @@ class ShmTransport(KVTransport):
         self,
         *,
         verify_checksum: bool = True,
+        checksum_sample_rate: float = 1.0,
         pool_bytes: int = 512 << 20,
         max_mappings: int = 64,
         shm_dir: Path = SHM_DIR,
     ) -> None:
         sweep_orphan_segments(shm_dir)
-        self._verify = verify_checksum
+        self.integrity = Integrity(verify_checksum, checksum_sample_rate)
         self._pool = SegmentPool(shm_dir, pool_bytes)
         self._maps = MappingCache(shm_dir, max_mappings)
         self._exports: ExportTable[tuple[Segment, int]] = ExportTable()
@@ -86,10 +87,10 @@ class ShmTransport(KVTransport):
         nbytes = len(index) * page_nbytes
         segment = self._pool.take(nbytes)
         out = gather_rows(kv_cache, index, out=segment.data[:nbytes].view(len(index), page_nbytes))
-        checksum = checksum_if(self._verify, out)
         token = segment.publish(nbytes)
         self._exports.add(transfer_id, (segment, token))
-        return Locator(nbytes, checksum, SegmentAddress(token, segment.path.name).encode()).encode()
+        address = SegmentAddress(token, segment.path.name).encode()
+        return self.integrity.seal(transfer_id, out, nbytes, address).encode()
 
     def fetch(
         self,
@@ -109,9 +110,9 @@ class ShmTransport(KVTransport):
         self._check_token(mapping, address, locator.nbytes, handle.transfer_id)
         # src: [num_pages, page_nbytes], a read-only view of the segment's data
         src = np.frombuffer(mapping, np.uint8, locator.nbytes, DATA_OFFSET)
-        src = src.reshape(len(dst_page_ids), -1)
-        if self._verify:
-            verify_checksum(locator, src, handle.transfer_id)
+        src = self.integrity.received(
+            locator, src.reshape(len(dst_page_ids), -1), handle.transfer_id
+        )
         page_rows(kv_cache)[dst_index.numpy()] = src  # scatter_rows, from a numpy view
         self._check_token(mapping, address, locator.nbytes, handle.transfer_id)
 

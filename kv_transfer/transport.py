@@ -30,8 +30,20 @@ class TransferState(enum.StrEnum):
     FAILED = "failed"
 
 
+class TransferFailure(enum.StrEnum):
+    """Why a transfer failed, as counted by a worker's metrics."""
+
+    CHECKSUM = "checksum"  # the bytes received differ from what the source checksummed
+    TIMEOUT = "timeout"  # its deadline passed
+    ERROR = "error"  # anything else: released, unreachable, refused, malformed
+
+
 class TransferError(RuntimeError):
     """A transfer failed as a unit: nothing it wrote into the destination pages may be used."""
+
+    def __init__(self, message: str, reason: TransferFailure = TransferFailure.ERROR) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class KVTransport(ABC):

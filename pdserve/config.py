@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from engine.builder import DEFAULT_MODEL_CACHE, RunnerKind
+from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
 from router.config import PolicyName
 
@@ -69,6 +70,25 @@ class ClusterConfig(BaseSettings):
         "gloo (every worker joins one KV group and every pair uses it).",
     )
     lease_ttl_s: float = Field(30.0, gt=0, description="Pins of handed-off pages without an ack.")
+    transfer_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of one KV fetch on a decode worker."
+    )
+    verify_checksum: bool = Field(
+        True,
+        description="Workers checksum the KV they export and verify what they fetch; a "
+        "mismatch fails the request closed.",
+    )
+    checksum_sample_rate: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="The share of transfers checksummed (1 = every one), if that costs too much.",
+    )
+    transfer_faults: str = Field(
+        "",
+        description="Chaos testing only: KV fetch faults every worker injects, e.g. "
+        "'fail=0.05,corrupt=0.01,stall=0.01,seed=7' (kv_transfer/faults.py); empty = none.",
+    )
     max_concurrent_requests: int = Field(256, ge=1, description="Router admission bound.")
     routing_policy: PolicyName = Field(
         PolicyName.PREFIX_AWARE,
@@ -148,6 +168,11 @@ class ClusterConfig(BaseSettings):
             raise ValueError(
                 f"transport: a local cluster moves KV over shm or gloo, not {self.transport}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _faults_parse(self) -> ClusterConfig:
+        FaultPlan.parse(self.transfer_faults)  # a bad spec fails here, naming its key
         return self
 
     @property

@@ -203,12 +203,17 @@ class LocalCluster:
             "kv_group": kv_group,
             "metrics_port": self.config.worker_metrics_port,
             "drain_quiet_s": self.config.drain_quiet_s,
+            "verify_checksum": self.config.verify_checksum,
+            "checksum_sample_rate": self.config.checksum_sample_rate,
+            "transfer_faults": self.config.transfer_faults,
         }
         if role is Role.PREFILL:
             config = PrefillWorkerConfig(**common, lease_ttl_s=self.config.lease_ttl_s)
             actor_class = PrefillWorker
         else:
-            config = DecodeWorkerConfig(**common, role=role)
+            config = DecodeWorkerConfig(
+                **common, role=role, transfer_timeout_s=self.config.transfer_timeout_s
+            )
             actor_class = DecodeWorker
         # Workers take no Ray CPU slot: their torch threads are set by threads_per_worker.
         return ray.remote(actor_class).options(num_cpus=0).remote(config, str(self.model_dir))

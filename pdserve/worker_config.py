@@ -5,12 +5,13 @@ subclasses it with its own env prefix, defaults and fields.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from engine.builder import EngineConfig
 from kv_transfer.collective import KVGroupSpec
 from kv_transfer.factory import held_backends
+from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
 
 
@@ -25,7 +26,25 @@ class WorkerConfig(BaseSettings):
     kv_group: KVGroupSpec | None = Field(
         None, description="This worker's place in the cluster's KV group (gloo/nccl), if any."
     )
-    verify_checksum: bool = Field(True, description="Checksum every KV buffer it moves.")
+    verify_checksum: bool = Field(
+        True,
+        description="Checksum the KV it exports (xxh3) and verify what it fetches; a mismatch "
+        "fails the transfer closed (TransferError, pages freed unused) and is counted.",
+    )
+    checksum_sample_rate: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="With verify_checksum: the share of exports checksummed (1 = every one; "
+        "picked by transfer id), if checksumming each costs too much. A sampled-out transfer "
+        "carries no checksum and is fetched unverified.",
+    )
+    transfer_faults: str = Field(
+        "",
+        description="Chaos testing only: KV fetch faults to inject, e.g. "
+        "'fail=0.05,corrupt=0.01,stall=0.01,seed=7' (kinds fail, fail_after_complete, "
+        "corrupt, delay, stall; delay_s, seed); empty = none.",
+    )
     metrics_port: int | None = Field(
         None,
         ge=0,
@@ -44,3 +63,15 @@ class WorkerConfig(BaseSettings):
     def _holds_its_transport(self) -> WorkerConfig:
         held_backends(self.transport, self.kv_group)
         return self
+
+    @field_validator("transfer_faults")
+    @classmethod
+    def _faults_parse(cls, spec: str) -> str:
+        FaultPlan.parse(spec)  # a bad spec fails here, naming its key
+        return spec
+
+    @property
+    def fault_plan(self) -> FaultPlan | None:
+        """`transfer_faults` parsed; None when it injects nothing."""
+        plan = FaultPlan.parse(self.transfer_faults)
+        return plan if plan.is_active else None

@@ -14,11 +14,14 @@ Gauges, read from the worker's WorkerStats at scrape time, labelled {worker_id, 
     pdserve_queued_prefill_tokens    prompt tokens admitted but not computed yet
     pdserve_worker_draining          1 while draining (takes no new routes)
     pdserve_worker_stats_errors_total  scrapes whose stats() raised; they carry no gauges
+    pdserve_kv_faults_injected_total   chaos testing: KV faults injected, {kind} too
+                                       (WorkerStats.faults_injected; absent unless injecting)
 Counters the worker's TransportSet feeds (it is this module's TransferObserver), labelled
 {backend, direction = export | fetch}:
     pdserve_kv_transfer_bytes_total     KV page bytes of successful transfers
     pdserve_kv_transfer_seconds_total   seconds those transfers took
-    pdserve_kv_transfer_failures_total  transfers that raised TransferError
+    pdserve_kv_transfer_failures_total  transfers that raised TransferError, {reason} too:
+                                        checksum | timeout | error
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from kv_transfer.pages import Role, TransferDirection, TransportBackend
+from kv_transfer.transport import TransferFailure
 from pdserve.metrics_export import MetricsExporter
 from pdserve.v1 import generation_pb2, worker_pb2
 
@@ -73,6 +77,7 @@ _GAUGES: tuple[tuple[str, str, Callable[[generation_pb2.WorkerInfo], float]], ..
     ("pdserve_worker_draining", "1 while the worker drains.", lambda i: int(i.draining)),
 )
 _STATS_ERRORS = ("pdserve_worker_stats_errors", "Scrapes whose worker stats could not be read.")
+_FAULTS = ("pdserve_kv_faults_injected", "KV transfer faults injected (chaos testing), by kind.")
 
 
 class WorkerStatsCollector(Collector):
@@ -90,18 +95,23 @@ class WorkerStatsCollector(Collector):
         """The families without samples: registration checks names without calling stats()."""
         yield from self._families()
         yield CounterMetricFamily(*_STATS_ERRORS, labels=["worker_id", "role"])
+        yield CounterMetricFamily(*_FAULTS, labels=["worker_id", "role", "kind"])
 
     def collect(self) -> Iterator[Metric]:
         try:
-            info = self._stats().info
+            stats = self._stats()
         except Exception as exc:  # any: a scrape must not fail with the worker's stats
             logger.warning("metrics scrape without worker stats: %r", exc)
             with self._lock:
                 self._num_stats_errors += 1
         else:
             for (_, _, value), family in zip(_GAUGES, self._families(), strict=True):
-                family.add_metric(self._labels, value(info))
+                family.add_metric(self._labels, value(stats.info))
                 yield family
+            faults = CounterMetricFamily(*_FAULTS, labels=["worker_id", "role", "kind"])
+            for kind, count in sorted(stats.faults_injected.items()):
+                faults.add_metric([*self._labels, kind], count)
+            yield faults
         errors = CounterMetricFamily(*_STATS_ERRORS, labels=["worker_id", "role"])
         errors.add_metric(self._labels, self._num_stats_errors)
         yield errors
@@ -135,8 +145,8 @@ class WorkerMetrics(MetricsExporter):
         )
         self._failures = Counter(
             "pdserve_kv_transfer_failures",
-            "Transfers that raised TransferError.",
-            labels,
+            "Transfers that raised TransferError, by reason: checksum, timeout or error.",
+            [*labels, "reason"],
             registry=self.registry,
         )
 
@@ -147,6 +157,7 @@ class WorkerMetrics(MetricsExporter):
         self._seconds.labels(backend=backend.value, direction=direction.value).inc(seconds)
 
     def count_transfer_failure(
-        self, backend: TransportBackend, direction: TransferDirection
+        self, backend: TransportBackend, direction: TransferDirection, reason: TransferFailure
     ) -> None:
-        self._failures.labels(backend=backend.value, direction=direction.value).inc()
+        labels = {"backend": backend.value, "direction": direction.value, "reason": reason.value}
+        self._failures.labels(**labels).inc()

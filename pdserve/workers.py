@@ -16,6 +16,7 @@ import grpc
 
 from engine.core import EngineStats
 from engine.request import SamplingParams
+from kv_transfer.faults import FaultKind
 from kv_transfer.pages import KVLayout, Role, TransportBackend
 from kv_transfer.wire import layout_to_proto
 from pdserve.metrics_export import MetricsExporter
@@ -58,6 +59,7 @@ class TransferStats:
     transfers_in_flight: int = 0
     num_exports: Mapping[TransportBackend, int] = field(default_factory=dict)
     num_fetches: Mapping[TransportBackend, int] = field(default_factory=dict)
+    faults_injected: Mapping[FaultKind, int] = field(default_factory=dict)  # chaos testing
 
 
 def worker_stats_proto(
@@ -94,6 +96,7 @@ def worker_stats_proto(
         kv_backends=[backend.value for backend in identity.kv_backends],
         kv_exports={backend.value: n for backend, n in transfers.num_exports.items()},
         kv_fetches={backend.value: n for backend, n in transfers.num_fetches.items()},
+        faults_injected={kind.value: n for kind, n in transfers.faults_injected.items()},
     )
 
 

@@ -50,7 +50,9 @@ class PrefillWorker:
             config.transport,
             config.kv_group,
             verify_checksum=config.verify_checksum,
+            checksum_sample_rate=config.checksum_sample_rate,
             observer=self.metrics,
+            faults=config.fault_plan,
         )
         self._leases = LeaseTable(self._transports, self._free_pages)
         self._loop.add_periodic(lambda core: self._leases.expire())
@@ -99,6 +101,7 @@ class PrefillWorker:
             transfers_in_flight=self._transports.num_exported(),
             num_exports=self._transports.num_exports(),
             num_fetches=self._transports.num_fetches(),
+            faults_injected=self._transports.faults_injected(),
         )
         gate = self._edge.gate
         serving = ServingState(gate.draining, gate.drained, self._metrics_port)

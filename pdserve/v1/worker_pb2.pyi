@@ -174,7 +174,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("info", "layout", "kv_backends", "kv_exports", "kv_fetches")
+    __slots__ = ("info", "layout", "kv_backends", "kv_exports", "kv_fetches", "faults_injected")
     class KvExportsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -189,17 +189,26 @@ class WorkerStats(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FaultsInjectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     INFO_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     KV_BACKENDS_FIELD_NUMBER: _ClassVar[int]
     KV_EXPORTS_FIELD_NUMBER: _ClassVar[int]
     KV_FETCHES_FIELD_NUMBER: _ClassVar[int]
+    FAULTS_INJECTED_FIELD_NUMBER: _ClassVar[int]
     info: _generation_pb2.WorkerInfo
     layout: KVLayout
     kv_backends: _containers.RepeatedScalarFieldContainer[str]
     kv_exports: _containers.ScalarMap[str, int]
     kv_fetches: _containers.ScalarMap[str, int]
-    def __init__(self, info: _Optional[_Union[_generation_pb2.WorkerInfo, _Mapping]] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ..., kv_backends: _Optional[_Iterable[str]] = ..., kv_exports: _Optional[_Mapping[str, int]] = ..., kv_fetches: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    faults_injected: _containers.ScalarMap[str, int]
+    def __init__(self, info: _Optional[_Union[_generation_pb2.WorkerInfo, _Mapping]] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ..., kv_backends: _Optional[_Iterable[str]] = ..., kv_exports: _Optional[_Mapping[str, int]] = ..., kv_fetches: _Optional[_Mapping[str, int]] = ..., faults_injected: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class WatchPageEventsRequest(_message.Message):
     __slots__ = ("epoch", "after_seq")

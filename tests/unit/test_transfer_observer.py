@@ -10,7 +10,7 @@ import pytest
 from kv_transfer.factory import TransportSet, UnavailableBackend, make_worker_transports
 from kv_transfer.local import LocalExchange, LocalTransport
 from kv_transfer.pages import Role, TransferDirection, TransportBackend
-from kv_transfer.transport import TransferError
+from kv_transfer.transport import TransferError, TransferFailure
 from pdserve.v1 import worker_pb2
 from pdserve.worker_metrics import WorkerMetrics
 from tests.unit.test_transport_contract import (
@@ -28,14 +28,16 @@ EXPORT, FETCH = TransferDirection.EXPORT, TransferDirection.FETCH
 @dataclass
 class RecordingObserver:
     transfers: list[tuple[TransportBackend, TransferDirection, int]] = field(default_factory=list)
-    failures: list[tuple[TransportBackend, TransferDirection]] = field(default_factory=list)
+    failures: list[tuple[TransportBackend, TransferDirection, TransferFailure]] = field(
+        default_factory=list
+    )
 
     def observe_transfer(self, backend, direction, nbytes, seconds) -> None:
         assert seconds >= 0
         self.transfers.append((backend, direction, nbytes))
 
-    def count_transfer_failure(self, backend, direction) -> None:
-        self.failures.append((backend, direction))
+    def count_transfer_failure(self, backend, direction, reason) -> None:
+        self.failures.append((backend, direction, reason))
 
 
 class FullTransport(LocalTransport):
@@ -73,7 +75,7 @@ def test_a_failed_fetch_is_reported_as_a_failure_and_still_raises():
     handle = make_handle("t-1", layout, locator, LOCAL)
     with pytest.raises(TransferError, match="released"):
         sink.fetch(handle, make_cache(layout, 2), DST_PAGES, 5.0)
-    assert observer.failures == [(LOCAL, FETCH)]
+    assert observer.failures == [(LOCAL, FETCH, TransferFailure.ERROR)]
     assert observer.transfers == [(LOCAL, EXPORT, len(SRC_PAGES) * layout.page_nbytes)]
     assert sink.num_fetches() == {}
 
@@ -83,7 +85,7 @@ def test_a_failed_export_is_reported_as_a_failure_and_still_raises():
     source = TransportSet({LOCAL: FullTransport()}, LOCAL, observer=observer)
     with pytest.raises(TransferError, match="no staging memory"):
         source.export(LOCAL, "t-1", make_cache(make_layout(), 1), SRC_PAGES)
-    assert observer.failures == [(LOCAL, EXPORT)]
+    assert observer.failures == [(LOCAL, EXPORT, TransferFailure.ERROR)]
     assert observer.transfers == []
     assert source.num_exports() == {}
 

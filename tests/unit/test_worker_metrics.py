@@ -9,10 +9,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kv_transfer.pages import Role, TransferDirection, TransportBackend
+from kv_transfer.transport import TransferFailure
 from pdserve.v1 import generation_pb2, worker_pb2
 from pdserve.worker_metrics import WorkerMetrics
 
 PREFILL = {"worker_id": "prefill-0", "role": "prefill"}
+CHECKSUM = TransferFailure.CHECKSUM
 
 
 def make_stats(**info: int | bool) -> worker_pb2.WorkerStats:
@@ -114,11 +116,22 @@ def test_transfers_add_bytes_and_seconds_by_backend_and_direction(metrics):
     assert value(metrics, "pdserve_kv_transfer_bytes_total", **gloo_fetch) == 512
 
 
-def test_transfer_failures_count_by_backend_and_direction(metrics):
-    metrics.count_transfer_failure(TransportBackend.NCCL, TransferDirection.FETCH)
+def test_transfer_failures_count_by_backend_direction_and_reason(metrics):
+    metrics.count_transfer_failure(TransportBackend.NCCL, TransferDirection.FETCH, CHECKSUM)
     failures = "pdserve_kv_transfer_failures_total"
-    assert value(metrics, failures, backend="nccl", direction="fetch") == 1
-    assert value(metrics, failures, backend="nccl", direction="export") is None
+    fetch = {"backend": "nccl", "direction": "fetch"}
+    assert value(metrics, failures, **fetch, reason="checksum") == 1
+    assert value(metrics, failures, **fetch, reason="timeout") is None
+    assert value(metrics, failures, backend="nccl", direction="export", reason="checksum") is None
+
+
+def test_injected_faults_are_read_from_the_stats_by_kind(metrics, source):
+    """Chaos runs compare these with the failures above; a worker not injecting shows none."""
+    faults = "pdserve_kv_faults_injected_total"
+    assert value(metrics, faults, **PREFILL, kind="corrupt") is None
+    source.stats.faults_injected.update({"corrupt": 2, "stall": 1})
+    assert value(metrics, faults, **PREFILL, kind="corrupt") == 2
+    assert value(metrics, faults, **PREFILL, kind="stall") == 1
 
 
 def test_two_workers_in_one_process_keep_their_own_metrics(metrics):
