@@ -1,4 +1,5 @@
-"""The decode worker's calls to prefill workers: the lease ack, and SendKV for a pull by rank.
+"""The decode worker's calls to prefill workers: the lease ack and keep-alive, and SendKV for
+a pull by rank.
 
 A collective transport (gloo, nccl) asks the source to send through `request_send`, which it
 calls with the handle alone; the source's address came with the Decode call. So the scheduler
@@ -8,42 +9,67 @@ address by the handle's transfer id (unique per transfer, so no stale address is
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+from pydantic import SecretStr
 
 from kv_transfer.pages import KVHandle
 from kv_transfer.transport import TransferError
+from pdserve.channels import open_channel
+from pdserve.tls import TLSConfig
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
+from pdserve.workers import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
+
+
+class Ack(enum.Enum):
+    RELEASED = "released"  # the source had the lease until now: what was read is its KV
+    UNKNOWN = "unknown"  # the lease had ended (expired or released): the pages may be reused
+    UNREACHABLE = "unreachable"  # no answer: the source may be dead; its lease TTL ends it
 
 
 class PrefillPeers:
     """Caches one channel per prefill address; owns the addresses of the pulls in progress.
     Thread-safe: every Decode stream runs on its own gRPC thread."""
 
-    def __init__(self, ack_timeout_s: float) -> None:
+    def __init__(
+        self,
+        ack_timeout_s: float,
+        tls: TLSConfig | None = None,
+        token: SecretStr | None = None,
+    ) -> None:
         self._ack_timeout_s = ack_timeout_s
+        self._tls, self._token = tls, token  # the internal edge's, as the worker's server
         self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
         self._channels: list[grpc.Channel] = []
         self._sources: dict[str, str] = {}  # transfer id -> its source's address
         self._lock = threading.Lock()
 
-    def ack(self, address: str, transfer_id: str) -> bool:
-        """ReleaseLease; best effort (the lease TTL backs it): False on any failure."""
+    def ack(self, address: str, transfer_id: str) -> Ack:
+        """ReleaseLease; a failed call is UNREACHABLE (the lease TTL backs it)."""
         try:
             reply = self._stub(address).ReleaseLease(
                 worker_pb2.ReleaseLeaseRequest(transfer_id=transfer_id),
                 timeout=self._ack_timeout_s,
             )
-            return reply.released
         except grpc.RpcError as exc:
             log.warning("ack of %s to %s failed: %s", transfer_id, address, exc.code())
-            return False
+            return Ack.UNREACHABLE
+        return Ack.RELEASED if reply.released else Ack.UNKNOWN
+
+    def renew(self, address: str, transfer_id: str) -> float | None:
+        """RenewLease: the lease's new expiry (unix s); None when the source no longer holds
+        it. Raises grpc.RpcError when the source does not answer."""
+        reply = self._stub(address).RenewLease(
+            worker_pb2.RenewLeaseRequest(transfer_id=transfer_id), timeout=self._ack_timeout_s
+        )
+        return reply.expiry_unix_s if reply.renewed else None
 
     @contextmanager
     def pulling_from(self, transfer_id: str, address: str) -> Iterator[None]:
@@ -72,7 +98,7 @@ class PrefillPeers:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         with self._lock:
             if address not in self._stubs:
-                channel = grpc.insecure_channel(address)
+                channel = open_channel(address, self._tls, self._token, MAX_MESSAGE_BYTES)
                 self._channels.append(channel)
                 self._stubs[address] = worker_pb2_grpc.WorkerStub(channel)
             return self._stubs[address]

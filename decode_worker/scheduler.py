@@ -1,28 +1,32 @@
 """Decode worker: the life of one request, in order.
 
   1. waiting_for_kv  a Decode RPC with a handle: pages for the prompt's KV are allocated,
-                     waiting up to `page_wait_s` while the pool is full.
+                     waiting up to `page_wait_s` while the pool is full; the source's lease
+                     is kept alive meanwhile (lease_keeper.py).
   2. transferring    the transport of the handle's backend pulls its pages into them, on
                      the RPC's thread (gloo: SendKV to the source, then the receive); the
                      engine keeps stepping the running batch meanwhile.
-  3. acked           ReleaseLease to the prefill worker, which unpins its copy.
+  3. acked           ReleaseLease to the prefill worker, which unpins its copy. If the lease
+                     had ended before the ack (LeaseExpired), the pages read are discarded.
   4. running         the engine adopts the request with num_computed_tokens = the handle's
                      token count and token #1 as its first output: continuous batching from
                      here, recompute preemption if pages run out.
   5. finished        stop token, EOS, max_tokens or the context limit; pages freed, the
                      stream ends.
 A colocated request (no handle) skips 1–3 and is prefilled here from the engine's waiting
-queue. A failed or timed-out transfer frees its pages unused, still acks (so the prefill side
-unpins), and fails the stream.
+queue. A failed or timed-out transfer, or one read under a lease that had ended, frees its
+pages unused, still acks (so the prefill side unpins), and fails the stream.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
+from decode_worker.lease_keeper import LeaseExpired, LeaseKeeper
 from decode_worker.prefill_peers import PrefillPeers
 from decode_worker.streams import OutputStream
 from engine.loop import EngineLoop
@@ -81,15 +85,21 @@ class DecodeScheduler:
     ) -> tuple[OutputStream, float]:
         """Runs steps 1–4; returns the stream and the transfer's seconds.
 
-        Raises IncompatibleHandle, NoPagesForKV or TransferError (pages already freed).
+        Raises IncompatibleHandle, NoPagesForKV, LeaseExpired or TransferError (pages
+        already freed).
         """
         self._check(handle, len(prompt))
+        lease = LeaseKeeper(self._peers, handle, src_address)
         try:
-            page_ids = self._allocate(len(handle.page_ids))
+            lease.keep_alive()
+            page_ids = self._allocate(len(handle.page_ids), lease.keep_alive)
             with self._peers.pulling_from(handle.transfer_id, src_address):
                 transfer_s = self._fetch(handle, page_ids)
         finally:
-            self._peers.ack(src_address, handle.transfer_id)
+            trusted = lease.settle()
+        if not trusted:
+            self._loop.post(lambda core: core.pool.free(page_ids))
+            raise LeaseExpired(f"{handle.transfer_id}: the lease ended before the ack")
         req = Request(
             request_id,
             prompt,
@@ -122,7 +132,7 @@ class DecodeScheduler:
                 f"handle.page_ids: {len(handle.page_ids)} pages for {prompt_len} tokens"
             )
 
-    def _allocate(self, num_pages: int) -> list[int]:
+    def _allocate(self, num_pages: int, while_waiting: Callable[[], None]) -> list[int]:
         deadline = time.monotonic() + self._page_wait_s
         while True:
             page_ids = self._loop.call(
@@ -134,6 +144,7 @@ class DecodeScheduler:
                 return page_ids
             if time.monotonic() >= deadline:
                 raise NoPagesForKV(f"{num_pages} pages not free within {self._page_wait_s} s")
+            while_waiting()
             time.sleep(_PAGE_RETRY_S)
 
     def _fetch(self, handle: KVHandle, page_ids: list[int]) -> float:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from decode_worker.lease_keeper import LeaseExpired
 from decode_worker.scheduler import DecodeScheduler, IncompatibleHandle, NoPagesForKV
 from decode_worker.streams import OutputStream, StreamEvent, StreamTimeout
 from engine.request import RequestStatus
@@ -14,6 +15,8 @@ from kv_transfer.transport import TransferError
 from kv_transfer.wire import handle_from_proto
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
 from pdserve.worker_edge import WorkerEdge
+from pdserve.worker_errors import WorkerFailure, abort
+from pdserve.worker_errors import WorkerReason as Reason
 from pdserve.workers import sampling_from_proto
 
 # Without a client deadline a stream still ends: nothing waits forever.
@@ -58,7 +61,8 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
                 transfer_s = 0.0
         except StreamTimeout:
             self._scheduler.abort(request_id)
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"decode of {request_id} timed out")
+            message = f"decode of {request_id} timed out"
+            abort(context, WorkerFailure(Reason.DEADLINE_EXCEEDED, message, request_id))
 
     def _start(
         self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext
@@ -78,11 +82,14 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
                 request.src_address,
             )
         except (IncompatibleHandle, ValueError) as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV_HANDLE_INVALID: {exc}")
+            reason, message = Reason.KV_HANDLE_INVALID, str(exc)
         except NoPagesForKV as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"KV_PAGES_EXHAUSTED: {exc}")
+            reason, message = Reason.KV_PAGES_EXHAUSTED, str(exc)
+        except LeaseExpired as exc:
+            reason, message = Reason.KV_LEASE_EXPIRED, str(exc)
         except TransferError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"KV_TRANSFER_FAILED: {exc}")
+            reason, message = Reason.KV_TRANSFER_FAILED, str(exc)
+        abort(context, WorkerFailure(reason, message, request.request_id))
 
     def Abort(self, request: worker_pb2.WorkerAbortRequest, context: grpc.ServicerContext):
         self._scheduler.abort(request.request_id)

@@ -3,7 +3,8 @@
 The launcher runs `PrefillWorker` as a Ray actor (`ray.remote(PrefillWorker)`); tests may run
 it in-process. Construction loads the model and starts serving; with a `kv_group` in the
 config the launcher then calls `join_kv_group` on every worker at once; `stop()` releases every
-lease and export, stops the engine and the server, and leaves the KV group.
+lease and export, stops the engine and the server, and leaves the KV group. SIGTERM drains,
+stops and exits the process (pdserve/worker_exit.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
 from kv_transfer.pages import Role
 from pdserve.worker_edge import WorkerEdge
+from pdserve.worker_exit import WorkerExit
 from pdserve.worker_metrics import WorkerMetrics
 from pdserve.workers import (
     ServingState,
@@ -39,7 +41,7 @@ class PrefillWorker:
     def __init__(self, config: PrefillWorkerConfig, model_dir: str) -> None:
         torch.set_num_threads(config.engine.num_threads)
         epoch = new_epoch()
-        self._edge = WorkerEdge(epoch, config.drain_quiet_s, self._holds_nothing)
+        self._edge = WorkerEdge(epoch, config, self._holds_nothing)
         self._loop, runner = build_engine(
             config.engine, Path(model_dir), config.worker_id, self._edge.events.append
         )
@@ -54,7 +56,7 @@ class PrefillWorker:
             observer=self.metrics,
             faults=config.fault_plan,
         )
-        self._leases = LeaseTable(self._transports, self._free_pages)
+        self._leases = LeaseTable(self._transports, self._free_pages, config.lease_ttl_s)
         self._loop.add_periodic(lambda core: self._leases.expire())
         source = HandleSource(config.worker_id, epoch, runner.layout, config.lease_ttl_s)
         scheduler = PrefillScheduler(
@@ -64,9 +66,17 @@ class PrefillWorker:
             scheduler, self._leases, self._transports, self._edge, self._stats
         )
         self._server, self._identity = serve_worker(
-            servicer, config, Role.PREFILL, epoch, runner.layout, self._transports.backends
+            servicer,
+            config,
+            Role.PREFILL,
+            epoch,
+            runner.layout,
+            self._transports.backends,
+            self._edge.health.servicer,
         )
         self._metrics_port = serve_metrics(self.metrics, config)
+        self._exit = WorkerExit(self.drain, self._stop, config.drain_timeout_s)
+        self._exit.install()
         log.info("prefill worker %s serving on %s", config.worker_id, self._identity.address)
 
     def identity(self) -> WorkerIdentity:
@@ -81,6 +91,9 @@ class PrefillWorker:
         return self._edge.drain().drained
 
     def stop(self, grace_s: float = 1.0) -> None:
+        self._exit.stop(grace_s)
+
+    def _stop(self, grace_s: float) -> None:
         self._edge.close()
         self._server.stop(grace_s).wait()
         self._leases.release_all()
@@ -105,4 +118,5 @@ class PrefillWorker:
         )
         gate = self._edge.gate
         serving = ServingState(gate.draining, gate.drained, self._metrics_port)
+        self._edge.health.admission.note_integrity(engine.integrity_ok)
         return worker_stats_proto(self._identity, engine, transfers, serving)

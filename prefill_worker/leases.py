@@ -4,10 +4,17 @@ One `LeaseTable` per prefill worker is the sole owner of outstanding leases. A l
 the page references the engine handed over (FINISHED_HANDOFF) and the transport export of
 those pages; ending a lease, by ack or by expiry, releases the export and gives the page
 references back to the engine, exactly once.
+
+Lifecycle of one lease: granted (TTL from now) -> renewed any number of times by the decode
+worker that will pull it (RenewLease: another TTL from now) -> ended by the ack
+(ReleaseLease), a router's give-up, or expiry (nobody renewed it: the peer is gone or stuck).
+An ended lease is unknown here: a late renew or ack answers False, and the decode side then
+discards whatever it read, since the pages may already hold another request's KV.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -30,9 +37,15 @@ class Lease:
 
 
 class LeaseTable:
-    def __init__(self, transports: TransportSet, free_pages: Callable[[list[int]], None]) -> None:
+    def __init__(
+        self,
+        transports: TransportSet,
+        free_pages: Callable[[list[int]], None],
+        ttl_s: float,
+    ) -> None:
         """`free_pages` returns page references to the engine (it must not block on it)."""
         self._transports = transports
+        self.ttl_s = ttl_s
         self._free_pages = free_pages
         self._leases: dict[str, Lease] = {}
         self._lock = threading.Lock()
@@ -41,6 +54,17 @@ class LeaseTable:
     def grant(self, lease: Lease) -> None:
         with self._lock:
             self._leases[lease.transfer_id] = lease
+
+    def renew(self, transfer_id: str, now_unix_s: float | None = None) -> float | None:
+        """Extends a lease to one TTL from now; returns its new expiry, None if unknown."""
+        now = time.time() if now_unix_s is None else now_unix_s
+        with self._lock:
+            lease = self._leases.get(transfer_id)
+            if lease is None:
+                return None
+            expiry = max(lease.expiry_unix_s, now + self.ttl_s)
+            self._leases[transfer_id] = dataclasses.replace(lease, expiry_unix_s=expiry)
+        return expiry
 
     def release(self, transfer_id: str) -> bool:
         """Ends a lease (the decode side's ack or a router's give-up); False if unknown."""

@@ -13,6 +13,8 @@ from kv_transfer.transport import TransferError
 from kv_transfer.wire import handle_to_proto
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
 from pdserve.worker_edge import WorkerEdge
+from pdserve.worker_errors import WorkerFailure, abort
+from pdserve.worker_errors import WorkerReason as Reason
 from pdserve.workers import sampling_from_proto
 from prefill_worker.leases import LeaseTable
 from prefill_worker.scheduler import PrefillAborted, PrefillScheduler
@@ -59,13 +61,15 @@ class PrefillServicer(worker_pb2_grpc.WorkerServicer):
                 timeout_s,
             )
         except UnavailableBackend as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV_BACKEND_UNAVAILABLE: {exc}")
+            abort(context, WorkerFailure(Reason.KV_BACKEND_UNAVAILABLE, str(exc), request_id))
         except TimeoutError:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"prefill of {request_id} timed out")
+            message = f"prefill of {request_id} timed out"
+            abort(context, WorkerFailure(Reason.DEADLINE_EXCEEDED, message, request_id))
         except PrefillAborted:
-            context.abort(grpc.StatusCode.CANCELLED, f"prefill of {request_id} aborted")
+            message = f"prefill of {request_id} aborted"
+            abort(context, WorkerFailure(Reason.CANCELLED, message, request_id))
         except TransferError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"KV_EXPORT_FAILED: {exc}")
+            abort(context, WorkerFailure(Reason.KV_EXPORT_FAILED, str(exc), request_id))
         if result.handle is not None and not context.is_active():
             self._leases.release(result.handle.transfer_id)  # the caller is gone: unpin now
         return worker_pb2.PrefillResponse(
@@ -82,13 +86,19 @@ class PrefillServicer(worker_pb2_grpc.WorkerServicer):
         try:
             self._transports.send(backend, request.transfer_id, request.dst_rank)
         except UnavailableBackend as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"KV_BACKEND_UNAVAILABLE: {exc}")
+            abort(context, WorkerFailure(Reason.KV_BACKEND_UNAVAILABLE, str(exc)))
         except TransferError as exc:  # released (acked or expired) or never exported
-            context.abort(grpc.StatusCode.NOT_FOUND, f"KV_TRANSFER_UNKNOWN: {exc}")
+            abort(context, WorkerFailure(Reason.KV_TRANSFER_UNKNOWN, str(exc)))
         return worker_pb2.SendKVResponse()
 
     def ReleaseLease(self, request: worker_pb2.ReleaseLeaseRequest, context: grpc.ServicerContext):
         return worker_pb2.ReleaseLeaseResponse(released=self._leases.release(request.transfer_id))
+
+    def RenewLease(self, request: worker_pb2.RenewLeaseRequest, context: grpc.ServicerContext):
+        expiry = self._leases.renew(request.transfer_id)
+        if expiry is None:
+            return worker_pb2.RenewLeaseResponse(renewed=False)
+        return worker_pb2.RenewLeaseResponse(renewed=True, expiry_unix_s=expiry)
 
     def Abort(self, request: worker_pb2.WorkerAbortRequest, context: grpc.ServicerContext):
         self._scheduler.abort(request.request_id)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kv_transfer.pages import TransportBackend
+from pdserve.tls import TLSConfig
 
 MIB = 2**20
 
@@ -21,6 +22,11 @@ class PolicyName(enum.StrEnum):
     PREFIX_AWARE = "prefix_aware"
     LEAST_LOAD = "least_load"
     ROUND_ROBIN = "round_robin"
+
+
+class KVFailurePolicy(enum.StrEnum):
+    RECOMPUTE = "recompute"
+    FAIL = "fail"
 
 
 class RouterConfig(BaseSettings):
@@ -74,6 +80,13 @@ class RouterConfig(BaseSettings):
         ge=1,
         description="Routes one request may take: a worker that fails or is full before the "
         "client saw a token is left out and the request routed again (1 = never).",
+    )
+    kv_failure_policy: KVFailurePolicy = Field(
+        KVFailurePolicy.RECOMPUTE,
+        description="When a decode worker cannot use the handed-off KV (the pull failed, the "
+        "lease ended first, the pool was full) or fails before its first token: recompute = "
+        "prefill the prompt and token #1 again on a decode worker and go on streaming; fail = "
+        "end the request UNAVAILABLE with the reason (KV_TRANSFER_FAILED, KV_LEASE_EXPIRED, …).",
     )
     prefix_balance_tokens: int = Field(
         2048,
@@ -140,6 +153,24 @@ class RouterConfig(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="How long `serve` lets streams finish on shutdown."
     )
+    tls: TLSConfig | None = Field(
+        None,
+        description="TLS of the public API (needs cert_file and key_file; with "
+        "require_client_cert, mTLS against ca_file); unset = plaintext.",
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every public call must carry (`authorization: Bearer …`), "
+        "health and reflection excepted; unset = none asked.",
+    )
+    internal_tls: TLSConfig | None = Field(
+        None,
+        description="TLS of the router's channels to workers: ca_file verifies them, "
+        "cert_file/key_file are presented for their mTLS; unset = plaintext.",
+    )
+    internal_auth_token: SecretStr | None = Field(
+        None, description="Bearer token sent on every call to a worker; unset = none."
+    )
 
     @model_validator(mode="after")
     def _cross_check(self) -> RouterConfig:
@@ -147,6 +178,8 @@ class RouterConfig(BaseSettings):
             raise ValueError("max_tokens_default must be <= max_tokens_limit")
         if self.max_prompt_bytes >= self.grpc_max_message_bytes:
             raise ValueError("grpc_max_message_bytes must exceed max_prompt_bytes")
+        if self.tls is not None and not self.tls.can_serve:
+            raise ValueError("tls.cert_file: the public server needs a certificate and its key")
         return self
 
     @property

@@ -8,12 +8,16 @@
 | NoWorkers          | UNAVAILABLE        | NO_WORKERS            |                         |
 | WorkerUnavailable  | UNAVAILABLE        | WORKER_UNAVAILABLE    | (before the first token)|
 | WorkerLost         | UNAVAILABLE        | WORKER_LOST           | (mid-stream)            |
+| KVTransferFailed   | UNAVAILABLE        | KV_TRANSFER_FAILED    | the pull failed         |
+|                    |                    | KV_LEASE_EXPIRED      | the lease ended first   |
 | DeadlineExceeded   | DEADLINE_EXCEEDED  | DEADLINE_EXCEEDED     |                         |
 | Cancelled          | CANCELLED          | CANCELLED             |                         |
+| Unauthenticated    | UNAUTHENTICATED    | UNAUTHENTICATED       | (router/auth.py)        |
 | anything else      | INTERNAL           | INTERNAL              | generic message only    |
 
-Every status carries ErrorInfo(domain="pdserve", metadata={"request_id", ["field"]}). No
-exception text from outside this module reaches a client: unexpected errors become INTERNAL.
+Every status carries ErrorInfo(domain="pdserve", metadata={"request_id", ["field"],
+["worker_id"]}): a worker's failure names the worker. No exception text from outside this
+module reaches a client: unexpected errors become INTERNAL.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ class ErrorReason(enum.StrEnum):
     NO_WORKERS = "NO_WORKERS"
     WORKER_UNAVAILABLE = "WORKER_UNAVAILABLE"
     WORKER_LOST = "WORKER_LOST"
+    KV_TRANSFER_FAILED = "KV_TRANSFER_FAILED"
+    KV_LEASE_EXPIRED = "KV_LEASE_EXPIRED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
     INTERNAL = "INTERNAL"
 
 
@@ -107,18 +114,40 @@ class NoWorkers(RouterError):
     reason = ErrorReason.NO_WORKERS
 
 
-class WorkerUnavailable(RouterError):
-    """A worker failed or was unreachable before the client saw a token."""
+class WorkerFailed(RouterError):
+    """A worker's failure; `worker_id` is set (and sent) once the caller knows which."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    worker_id = ""
+
+    def metadata(self) -> dict[str, str]:
+        return {"worker_id": self.worker_id} if self.worker_id else {}
+
+    def on(self, worker_id: str) -> WorkerFailed:
+        """This error, naming `worker_id` (unless it names one already)."""
+        self.worker_id = self.worker_id or worker_id
+        return self
+
+
+class WorkerUnavailable(WorkerFailed):
+    """A worker failed or was unreachable before the client saw a token."""
+
     reason = ErrorReason.WORKER_UNAVAILABLE
 
 
-class WorkerLost(RouterError):
+class WorkerLost(WorkerFailed):
     """The decode worker failed after tokens were streamed; those tokens stand."""
 
-    code = grpc.StatusCode.UNAVAILABLE
     reason = ErrorReason.WORKER_LOST
+
+
+class KVTransferFailed(WorkerFailed):
+    """The decode worker could not use the handed-off KV: the pull failed as a unit
+    (KV_TRANSFER_FAILED) or the source's lease ended before it was acked (KV_LEASE_EXPIRED)."""
+
+    def __init__(self, message: str, reason: ErrorReason) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DeadlineExceeded(RouterError):
@@ -129,6 +158,13 @@ class DeadlineExceeded(RouterError):
 class Cancelled(RouterError):
     code = grpc.StatusCode.CANCELLED
     reason = ErrorReason.CANCELLED
+
+
+class Unauthenticated(RouterError):
+    """The call carried no bearer token, or not the router's."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = ErrorReason.UNAUTHENTICATED
 
 
 def to_status(error: RouterError, request_id: str) -> grpc.Status:

@@ -3,8 +3,9 @@
 Generate, for one request:
     decode bytes -> RawRequest -> validate (+ tokenize, off the event loop) -> admit into the
     RequestTable (cap, unique id) -> Orchestrator.run, each event written as it comes ->
-    exactly one terminal status: OK after the Final message, or the error's status (counted
-    in the router's metrics either way).
+    exactly one terminal status: OK after the Final message, or the error's status, recorded
+    once in the request's lifecycle (router/lifecycle.py) and counted with the phase it ended
+    in.
 No worker is called before the request is valid and admitted.
 """
 
@@ -22,6 +23,7 @@ from pdserve.v1 import generation_pb2
 from router import api_proto
 from router.errors import Cancelled, InvalidArgument, RouterError, internal_status, to_status
 from router.events import RequestClock, StreamEvent
+from router.lifecycle import RequestLifecycle
 from router.validation import ValidatedRequest, is_valid_request_id
 
 if TYPE_CHECKING:
@@ -43,14 +45,16 @@ class GenerationServicer:
         request: generation_pb2.GenerateRequest | api_proto.UndecodableRequest,
         context: grpc.aio.ServicerContext,
     ) -> None:
-        metrics = self._router.metrics
+        metrics, lifecycle = self._router.metrics, RequestLifecycle()
         with metrics.track_running():
             try:
-                status = await self._generate(request, context)
+                status = await self._generate(request, context, lifecycle)
             except asyncio.CancelledError:  # the client went away (or its deadline passed)
-                metrics.count_request(grpc.StatusCode.CANCELLED)
+                code = grpc.StatusCode.CANCELLED
+                metrics.count_request(code, lifecycle.finish(code))
                 raise
-            metrics.count_request(status.code if status is not None else grpc.StatusCode.OK)
+            code = status.code if status is not None else grpc.StatusCode.OK
+            metrics.count_request(code, lifecycle.finish(code))
             if status is not None:
                 await context.abort_with_status(status)
 
@@ -58,17 +62,19 @@ class GenerationServicer:
         self,
         request: generation_pb2.GenerateRequest | api_proto.UndecodableRequest,
         context: grpc.aio.ServicerContext,
+        lifecycle: RequestLifecycle,
     ) -> grpc.Status | None:
         """Serves one Generate call; returns the error status it ends with (None: OK)."""
         request_id = ""
         try:
             if isinstance(request, api_proto.UndecodableRequest):
+                request_id = _new_id()  # its own id could not be read: it still gets one
                 raise InvalidArgument(request.field, "not a valid message (e.g. bad UTF-8)")
             raw = api_proto.raw_request_from_proto(request)
             request_id = raw.request_id if is_valid_request_id(raw.request_id) else _new_id()
             clock = RequestClock.start(context.time_remaining())
             validated = await asyncio.to_thread(self._router.validator.validate, raw, request_id)
-            await self._admitted_run(validated, clock, context)
+            await self._admitted_run(validated, clock, context, lifecycle)
         except RouterError as error:
             return to_status(error, request_id)
         except Exception:  # CancelledError is not an Exception: cancellation passes through
@@ -77,7 +83,11 @@ class GenerationServicer:
         return None
 
     async def _admitted_run(
-        self, validated: ValidatedRequest, clock: RequestClock, context: grpc.aio.ServicerContext
+        self,
+        validated: ValidatedRequest,
+        clock: RequestClock,
+        context: grpc.aio.ServicerContext,
+        lifecycle: RequestLifecycle,
     ) -> None:
         request_id = validated.request_id
 
@@ -86,7 +96,7 @@ class GenerationServicer:
 
         with self._router.requests.admitted(request_id) as entry:
             try:
-                await self._router.orchestrator.run(validated, clock, emit)
+                await self._router.orchestrator.run(validated, clock, emit, lifecycle)
             except asyncio.CancelledError:
                 if not entry.abort_requested:
                     raise  # the client went away (or its deadline passed): nobody to tell

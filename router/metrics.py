@@ -23,6 +23,10 @@ Per routed request (`count_route`) and per finished one (`count_request`):
                                                        with pdserve_prefix_cache_hits_total
     pdserve_requests_total{status}          counter    by terminal gRPC status, lowercased
                                                        ("ok", "cancelled", "unavailable", ...)
+    pdserve_request_cancellations_total{phase} counter cancelled requests by the lifecycle
+                                                       phase they were in (router/lifecycle.py)
+    pdserve_request_recomputes_total{reason} counter  handed-off requests prefilled again on a
+                                                       decode worker (KV_TRANSFER_FAILED, …)
 State:
     pdserve_requests_running                gauge      requests between receipt and their end
     pdserve_prefix_index_state{state}       gauge      1 for the index breaker's current state
@@ -42,6 +46,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pdserve.metrics_export import MetricsExporter
 from router.breaker import BreakerState
 from router.events import Timing, Usage
+from router.lifecycle import Phase
 
 if TYPE_CHECKING:
     from router.policy import RouteReason
@@ -98,9 +103,17 @@ class RouterMetrics(MetricsExporter):
         self._routes.labels(reason=reason.value).inc()
         self._predicted_hits.inc(predicted_hit_tokens)
 
-    def count_request(self, code: grpc.StatusCode) -> None:
-        """Records one request's end with this status (grpc.StatusCode.OK for success)."""
+    def count_request(self, code: grpc.StatusCode, phase: Phase) -> None:
+        """Records one request's end with this status (grpc.StatusCode.OK for success) in
+        this lifecycle phase; a cancellation (client cancel, Abort) is counted by phase."""
         self._requests.labels(status=code.name.lower()).inc()
+        if code == grpc.StatusCode.CANCELLED:
+            self._cancellations.labels(phase=phase.value).inc()
+
+    def count_recompute(self, reason: str) -> None:
+        """A handed-off request whose decode leg failed before its first token, prefilled
+        again on a decode worker (`reason`: the failure's ErrorInfo reason)."""
+        self._recomputes.labels(reason=reason).inc()
 
     def track_running(self) -> AbstractContextManager[None]:
         """A context manager counting the request in pdserve_requests_running while inside."""
@@ -194,5 +207,18 @@ class RouterMetrics(MetricsExporter):
         self._retries = Counter(
             "pdserve_request_retries",
             "Requests routed again because a worker failed before their first token.",
+            registry=self.registry,
+        )
+        self._cancellations = Counter(
+            "pdserve_request_cancellations",
+            "Requests cancelled (client cancel, deadline on the client side, Abort), by the "
+            "lifecycle phase they were in.",
+            ["phase"],
+            registry=self.registry,
+        )
+        self._recomputes = Counter(
+            "pdserve_request_recomputes",
+            "Handed-off requests prefilled again on a decode worker, by the failure's reason.",
+            ["reason"],
             registry=self.registry,
         )

@@ -18,7 +18,9 @@ Colocated route: no step 2; Decode without a handle on the `both` worker streams
 
 Retry: a worker that fails or is full (UNAVAILABLE, RESOURCE_EXHAUSTED) before the client
 saw a token is left out and the request routed again — after the failed attempt's legs were
-wound down — up to `max_attempts` routes; after token #1 a failure is final (WorkerLost).
+wound down — up to `max_attempts` routes. After token #1, a decode leg that fails before its
+first decode token is recomputed on a decode worker (request_flow.py, `kv_failure_policy`);
+any later failure is final (WorkerLost).
 
 Whatever ends the request (completion, stop string, worker failure, client cancel,
 deadline, Abort), `Legs.wind_down` runs before `run` returns or raises: every started leg
@@ -32,9 +34,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from router.config import KVFailurePolicy
 from router.errors import NoWorkers, Overloaded, RouterError, WorkerUnavailable
 from router.events import RequestClock
 from router.inflight import InFlightLoad
+from router.lifecycle import Phase, RequestLifecycle
 from router.metrics import RouterMetrics
 from router.policy import (
     PolicyConfig,
@@ -42,6 +46,7 @@ from router.policy import (
     RouteDecision,
     RouteInput,
     pick_decode,
+    pick_recompute,
     pick_route,
 )
 from router.prefix_hints import PrefixHints
@@ -62,6 +67,7 @@ class OrchestratorSettings:
     decode_timeout_s: float
     control_timeout_s: float  # Abort / ReleaseLease during wind-down
     max_attempts: int = 2  # routes per request while the client has seen no token
+    kv_failure_policy: KVFailurePolicy = KVFailurePolicy.RECOMPUTE
 
 
 class Orchestrator:
@@ -85,8 +91,15 @@ class Orchestrator:
         self.inflight = InFlightLoad()
         self._turn = 0
 
-    async def run(self, request: ValidatedRequest, clock: RequestClock, emit: Emit) -> None:
-        """Streams TokenChunks then exactly one Completion through `emit`.
+    async def run(
+        self,
+        request: ValidatedRequest,
+        clock: RequestClock,
+        emit: Emit,
+        lifecycle: RequestLifecycle,
+    ) -> None:
+        """Streams TokenChunks then exactly one Completion through `emit`, advancing
+        `lifecycle` (its terminal status is the caller's to record).
 
         Any other ending raises: a RouterError, or CancelledError when the caller's task was
         cancelled. Each attempt's legs are wound down before the next attempt, and before this
@@ -96,13 +109,14 @@ class Orchestrator:
         avoided: set[str] = set()
         failure: RouterError | None = None
         for attempt in range(1, self.settings.max_attempts + 1):
+            lifecycle.enter(Phase.ROUTING)
             try:
                 decision = await self._route(request, avoided)
             except NoWorkers:
                 if failure is None:
                     raise
                 raise failure from None  # nowhere else to go: the last attempt's error stands
-            flow = RequestFlow(self, request, clock, emit, decision)
+            flow = RequestFlow(self, request, clock, emit, decision, lifecycle)
             try:
                 await self._attempt(flow)
                 return
@@ -133,6 +147,12 @@ class Orchestrator:
         workers = self.inflight.overlay(await self._registry.list_workers())
         replacement = pick_decode(workers, decision.prefill, decision.kv_backend)
         return replacement if replacement is not None else decision.decode
+
+    async def recompute_target(self, failed: str, avoid_preferred: bool) -> WorkerRecord | None:
+        """Where a request whose decode leg could not use its KV is prefilled again: the
+        failed decode worker itself unless `avoid_preferred`, else another (None: nowhere)."""
+        workers = self.inflight.overlay(await self._registry.list_workers())
+        return pick_recompute(workers, failed, {failed} if avoid_preferred else set())
 
     async def _route(self, request: ValidatedRequest, avoided: set[str]) -> RouteDecision:
         listed = await self._registry.list_workers()

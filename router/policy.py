@@ -35,7 +35,7 @@ that prefills locally by its uncached remainder, then queued + running requests.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import xxhash
@@ -164,6 +164,23 @@ def pick_decode(
         if w.routable and pair_backend(prefill, w, kv_backend) == kv_backend
     ]
     return min(decodes, key=_decode_key) if decodes else None
+
+
+def pick_recompute(
+    workers: Sequence[WorkerRecord], preferred: str, avoided: Collection[str]
+) -> WorkerRecord | None:
+    """Where a request whose handed-off KV was unusable is prefilled again and decoded: the
+    `preferred` worker (the decode worker whose pull failed — it is fine) if it is routable,
+    else the least loaded routable decode or colocated worker not in `avoided`, or None."""
+    candidates = [
+        w
+        for w in workers
+        if w.role in (Role.DECODE, Role.BOTH) and w.routable and w.worker_id not in avoided
+    ]
+    for worker in candidates:
+        if worker.worker_id == preferred:
+            return worker
+    return min(candidates, key=_colocated_key) if candidates else None
 
 
 def _local_prefill(

@@ -2,7 +2,15 @@
 
 `orchestrator.py` routes each attempt and decides on retries; a `RequestFlow` runs the legs
 of its route (prefill, token #1, decode — or one colocated leg), relays the tokens, emits the
-Completion, and keeps in `legs` what the wind-down must undo (`Legs.wind_down`).
+Completion, advances the request's lifecycle (lifecycle.py), and keeps in `legs` what the
+wind-down must undo (`Legs.wind_down`).
+
+Recompute (`kv_failure_policy` recompute): when the decode leg of a handed-off request fails
+before its first decode token — the KV was unusable (KV_TRANSFER_FAILED, KV_LEASE_EXPIRED),
+the decode worker was full, or it failed — the lease is released and a decode worker (the same
+one when only the KV was at fault, else another) prefills prompt + token #1 itself and streams
+the rest. Once, per request; greedy output is unchanged, seeded sampling continues from a
+fresh generator.
 """
 
 from __future__ import annotations
@@ -16,7 +24,15 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from router.errors import RouterError, WorkerLost, WorkerUnavailable
+from router.config import KVFailurePolicy
+from router.errors import (
+    KVTransferFailed,
+    Overloaded,
+    RouterError,
+    WorkerFailed,
+    WorkerLost,
+    WorkerUnavailable,
+)
 from router.events import (
     Completion,
     FinishReason,
@@ -26,8 +42,10 @@ from router.events import (
     TokenChunk,
     Usage,
 )
+from router.lifecycle import Phase, RequestLifecycle
 from router.output import OutputDelta, OutputStream
 from router.policy import RouteDecision
+from router.registry import WorkerRecord
 from router.validation import ValidatedRequest
 from router.worker_client import DecodeUpdate, HandOff, PrefillResult, WorkerClients
 
@@ -76,8 +94,10 @@ class RequestFlow:
         clock: RequestClock,
         emit: Emit,
         decision: RouteDecision,
+        lifecycle: RequestLifecycle,
     ) -> None:
         self._orchestrator = orchestrator
+        self._lifecycle = lifecycle
         self._settings = orchestrator.settings
         self._clients = orchestrator.clients
         self._request = request
@@ -90,8 +110,9 @@ class RequestFlow:
         self.on_decode_moved: Callable[[str], None] = lambda worker_id: None
 
     async def execute(self) -> None:
+        self._lifecycle.enter(Phase.PREFILLING)
         if self._decision.is_colocated:
-            await self._decode_leg(None)
+            await self._decode_leg(self._request, None)
             return
         prefill = await self._prefill_leg()
         stop_token_id = self._prefill_stop_token(prefill)
@@ -101,9 +122,63 @@ class RequestFlow:
             return
         decode = await self._orchestrator.decode_worker_now(self._decision)
         if decode.worker_id != self._decision.decode.worker_id:
-            self._decision = dataclasses.replace(self._decision, decode=decode)
-            self.on_decode_moved(decode.worker_id)
-        await self._decode_leg(self.legs.handoff)
+            self._move_decode(decode)
+        self._lifecycle.enter(Phase.TRANSFERRING)
+        try:
+            await self._decode_leg(self._request, self.legs.handoff)
+        except (KVTransferFailed, WorkerLost, Overloaded) as error:
+            if not self._may_recompute():
+                raise
+            await self._recompute(error, prefill.first_token_id)
+
+    def _may_recompute(self) -> bool:
+        """No decode token came (still TRANSFERRING) and the policy says recompute."""
+        policy = self._settings.kv_failure_policy
+        return policy is KVFailurePolicy.RECOMPUTE and self._lifecycle.phase is Phase.TRANSFERRING
+
+    async def _recompute(self, error: RouterError, first_token_id: int) -> None:
+        failed = self._decision.decode.worker_id
+        kv_only = isinstance(error, KVTransferFailed)  # the decode worker itself is fine
+        target = await self._orchestrator.recompute_target(failed, avoid_preferred=not kv_only)
+        if target is None:
+            raise error.on(failed) if isinstance(error, WorkerLost | KVTransferFailed) else error
+        log.info(
+            "request %s: %s on %s; recomputing on %s",
+            self._request.request_id,
+            error.reason,
+            failed,
+            target.worker_id,
+        )
+        self._orchestrator.metrics.count_recompute(error.reason)
+        self._lifecycle.enter(Phase.RECOMPUTING)
+        await self._give_up_lease()
+        if target.worker_id != failed:
+            self._move_decode(target)
+        sampling = self._request.sampling
+        again = dataclasses.replace(
+            self._request,
+            prompt_token_ids=(*self._request.prompt_token_ids, first_token_id),
+            sampling=dataclasses.replace(sampling, max_tokens=sampling.max_tokens - 1),
+        )
+        await self._decode_leg(again, None)
+
+    async def _give_up_lease(self) -> None:
+        """Releases the handed-off KV's lease on the prefill worker (best effort: its TTL
+        backs this), so a recomputed request holds nothing there."""
+        handoff, self.legs.handoff = self.legs.handoff, None
+        if handoff is None:
+            return
+        timeout_s = self._settings.control_timeout_s
+        try:
+            await self._clients.release_lease(
+                handoff.src_address, handoff.handle.transfer_id, timeout_s
+            )
+        except RouterError as failure:
+            log.info("request %s: lease release failed: %s", self._request.request_id, failure)
+
+    def _move_decode(self, decode: WorkerRecord) -> None:
+        self._decision = dataclasses.replace(self._decision, decode=decode)
+        self.on_decode_moved(decode.worker_id)
 
     async def _prefill_leg(self) -> PrefillResult:
         prefill_worker, kv_backend = self._decision.prefill, self._decision.kv_backend
@@ -116,9 +191,12 @@ class RequestFlow:
             prefill_worker.layout.page_size
         )
         with self._orchestrator.inflight.prefilling(prefill_worker.worker_id, max(uncached, 0)):
-            result = await self._clients.prefill(
-                prefill_worker.address, self._request, kv_backend, timeout_s
-            )
+            try:
+                result = await self._clients.prefill(
+                    prefill_worker.address, self._request, kv_backend, timeout_s
+                )
+            except WorkerFailed as error:
+                raise error.on(prefill_worker.worker_id) from None
         if result.handle is not None:
             self.legs.handoff = HandOff(
                 result.first_token_id, result.handle, prefill_worker.address
@@ -126,24 +204,29 @@ class RequestFlow:
         self._marks.take_prefill(result.queue_s, result.prefill_s, result.cached_prompt_tokens)
         return result
 
-    async def _decode_leg(self, handoff: HandOff | None) -> None:
-        address = self._decision.decode.address
+    async def _decode_leg(self, request: ValidatedRequest, handoff: HandOff | None) -> None:
+        """Streams the decode leg of `request` (the client's, or a recompute's) to its end."""
+        decode = self._decision.decode
         timeout_s = self._clock.remaining_s(self._settings.decode_timeout_s)
-        if handoff is None:
+        if self._marks.sent_s is None:
             self._marks.sent_s = time.monotonic()
-        self.legs.decode_address = address
-        updates = self._clients.decode(address, self._request, timeout_s, handoff)
+        self.legs.decode_address = decode.address
+        updates = self._clients.decode(decode.address, request, timeout_s, handoff)
         try:
             async with aclosing(updates):
                 async for update in updates:
                     if await self._on_update(update):
                         return
         except WorkerUnavailable as error:
-            raise self._lost_if_streaming(error.message) from None
-        raise self._lost_if_streaming("the decode worker ended the stream without finishing")
+            raise self._lost_if_streaming(error.message).on(decode.worker_id) from None
+        except KVTransferFailed as error:
+            raise error.on(decode.worker_id) from None
+        message = "the decode worker ended the stream without finishing"
+        raise self._lost_if_streaming(message).on(decode.worker_id)
 
     async def _on_update(self, update: DecodeUpdate) -> bool:
         """Relays one decode update; returns True once the request completed."""
+        self._lifecycle.enter(Phase.DECODING)
         self.legs.decode_acked = True
         self._marks.take_decode(update, colocated=self._decision.is_colocated)
         delta = await self._emit_tokens(update.token_ids, update.finished, update.stop_token_id)
@@ -206,7 +289,7 @@ class RequestFlow:
         prefill = self._decision.prefill
         return prefill.worker_id if prefill is not None else self._decision.decode.worker_id
 
-    def _lost_if_streaming(self, message: str) -> RouterError:
+    def _lost_if_streaming(self, message: str) -> WorkerUnavailable | WorkerLost:
         if self._output.num_tokens == 0:
             return WorkerUnavailable(message)
         return WorkerLost(f"{message} after {self._output.num_tokens} tokens")

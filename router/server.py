@@ -18,6 +18,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import ModelConfig
+from pdserve.channels import message_size_options
+from pdserve.tls import bind
+from router import auth
 from router.backends import make_index, make_registry
 from router.breaker import BreakerState
 from router.config import RouterConfig
@@ -62,7 +65,12 @@ class RouterServer:
             ValidationLimits.from_config(config, self.model), tokenizer
         )
         self.requests = RequestTable(config.max_concurrent_requests, config.overload_retry_after_s)
-        self.clients = WorkerClients(config.grpc_max_message_bytes, config.overload_retry_after_s)
+        self.clients = WorkerClients(
+            config.grpc_max_message_bytes,
+            config.overload_retry_after_s,
+            config.internal_tls,
+            config.internal_auth_token,
+        )
         self.orchestrator = Orchestrator(
             self.registry,
             self.clients,
@@ -118,11 +126,10 @@ class RouterServer:
         await self._after_round()
 
     async def start(self) -> None:
-        options = [
-            ("grpc.max_receive_message_length", self.config.grpc_max_message_bytes),
-            ("grpc.max_send_message_length", self.config.grpc_max_message_bytes),
-        ]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(
+            options=message_size_options(self.config.grpc_max_message_bytes),
+            interceptors=auth.interceptors(self.config.auth_token),
+        )
         add_generation_service(GenerationServicer(self), server)
         if self._extra_services is not None:
             self._extra_services(server)
@@ -135,7 +142,7 @@ class RouterServer:
             ),
             server,
         )
-        self._port = server.add_insecure_port(self.config.bind_address)
+        self._port = bind(server, self.config.bind_address, self.config.tls)
         await self._after_round()
         await server.start()
         self._server = server
@@ -209,4 +216,5 @@ def _settings(config: RouterConfig, model: ModelConfig) -> OrchestratorSettings:
         decode_timeout_s=config.decode_timeout_s,
         control_timeout_s=config.control_rpc_timeout_s,
         max_attempts=config.max_route_attempts,
+        kv_failure_policy=config.kv_failure_policy,
     )

@@ -2,8 +2,9 @@
 
 Every call takes the time left in the request's budget as its gRPC timeout, so the
 deadline travels downstream in the `grpc-timeout` header. A failed call raises a
-RouterError: DeadlineExceeded, Overloaded (the worker's RESOURCE_EXHAUSTED) or, for any
-other status, WorkerUnavailable — never a grpc exception, and never the worker's own
+RouterError: DeadlineExceeded, Overloaded (the worker's RESOURCE_EXHAUSTED), KVTransferFailed
+(the worker's typed reason says its handed-off KV was unusable, pdserve/worker_errors.py) or,
+for any other status, WorkerUnavailable — never a grpc exception, and never the worker's own
 error text (it may hold internals).
 """
 
@@ -16,11 +17,22 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from pydantic import SecretStr
 
 from kv_transfer.pages import KVHandle, Role, TransportBackend
 from kv_transfer.wire import handle_from_proto, handle_to_proto, layout_from_proto
+from pdserve.channels import open_aio_channel
+from pdserve.tls import TLSConfig
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
-from router.errors import DeadlineExceeded, Overloaded, RouterError, WorkerUnavailable
+from pdserve.worker_errors import WorkerReason, failure_reason
+from router.errors import (
+    DeadlineExceeded,
+    ErrorReason,
+    KVTransferFailed,
+    Overloaded,
+    RouterError,
+    WorkerUnavailable,
+)
 from router.prefix_index import EventBatch, IndexEvent
 from router.registry import WorkerLoad, WorkerRecord
 from router.validation import ValidatedRequest
@@ -68,11 +80,14 @@ class HandOff:
 class WorkerClients:
     """One cached grpc.aio channel per worker address. Use from one event loop."""
 
-    def __init__(self, max_message_bytes: int, overload_retry_after_s: float) -> None:
-        self._options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
+    def __init__(
+        self,
+        max_message_bytes: int,
+        overload_retry_after_s: float,
+        tls: TLSConfig | None = None,
+        token: SecretStr | None = None,
+    ) -> None:
+        self._max_message_bytes, self._tls, self._token = max_message_bytes, tls, token
         self._retry_after_s = overload_retry_after_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
@@ -158,19 +173,37 @@ class WorkerClients:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = open_aio_channel(address, self._tls, self._token, self._max_message_bytes)
             stub = self._stubs[address] = worker_pb2_grpc.WorkerStub(channel)
             self._channels[address] = channel
         return stub
 
     def _translate(self, error: grpc.aio.AioRpcError, address: str) -> RouterError:
-        code = error.code()
-        log.info("worker %s: %s %s", address, code.name, error.details())
+        code, reason = error.code(), failure_reason(error)
+        log.info("worker %s: %s %s %s", address, code.name, reason or "", error.details())
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded("deadline exceeded while waiting for a worker")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return Overloaded("the chosen worker is at capacity", self._retry_after_s)
+        if reason in _KV_REASONS:
+            return KVTransferFailed(_KV_REASONS[reason][1], _KV_REASONS[reason][0])
         return WorkerUnavailable(f"a worker failed ({code.name})")
+
+
+_KV_REASONS = {
+    WorkerReason.KV_TRANSFER_FAILED: (
+        ErrorReason.KV_TRANSFER_FAILED,
+        "the KV transfer to the decode worker failed",
+    ),
+    WorkerReason.KV_HANDLE_INVALID: (
+        ErrorReason.KV_TRANSFER_FAILED,
+        "the decode worker could not use the prefill worker's KV",
+    ),
+    WorkerReason.KV_LEASE_EXPIRED: (
+        ErrorReason.KV_LEASE_EXPIRED,
+        "the prefill worker's KV lease ended before the decode worker pulled it",
+    ),
+}
 
 
 def _parsed(convert: Callable[[Any], T], message: Any, address: str) -> T:

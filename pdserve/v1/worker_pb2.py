@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pdserve.v1 import generation_pb2 as pdserve_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pdserve/v1/worker.proto\x12\npdserve.v1\x1a\x1bpdserve/v1/generation.proto\"h\n\x08KVLayout\x12\x12\n\nnum_layers\x18\x01 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x02 \x01(\x05\x12\x10\n\x08head_dim\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\r\n\x05\x64type\x18\x05 \x01(\t\"\xe6\x01\n\x08KVHandle\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x15\n\rsrc_worker_id\x18\x02 \x01(\t\x12\x11\n\tsrc_epoch\x18\x03 \x01(\x04\x12\x10\n\x08page_ids\x18\x04 \x03(\x05\x12\x12\n\nnum_tokens\x18\x05 \x01(\x05\x12$\n\x06layout\x18\x06 \x01(\x0b\x32\x14.pdserve.v1.KVLayout\x12\x1b\n\x13lease_expiry_unix_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0f\n\x07locator\x18\t \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\n \x01(\x04\"\xa3\x01\n\x0eWorkerSampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\"\x80\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.WorkerSampling\x12\x12\n\nkv_backend\x18\x04 \x01(\t\"\xa3\x01\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\x05\x12$\n\x06handle\x18\x02 \x01(\x0b\x32\x14.pdserve.v1.KVHandle\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\x05\x12\x0f\n\x07queue_s\x18\x05 \x01(\x01\x12\x11\n\tprefill_s\x18\x06 \x01(\x01\"\xd7\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.WorkerSampling\x12\x17\n\x0fhas_first_token\x18\x04 \x01(\x08\x12\x16\n\x0e\x66irst_token_id\x18\x05 \x01(\x05\x12$\n\x06handle\x18\x06 \x01(\x0b\x32\x14.pdserve.v1.KVHandle\x12\x13\n\x0bsrc_address\x18\x07 \x01(\t\"\xb9\x01\n\x0b\x44\x65\x63odeChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rstop_token_id\x18\x04 \x01(\x05\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x06 \x01(\x05\x12\x0f\n\x07queue_s\x18\x07 \x01(\x01\x12\x11\n\tprefill_s\x18\x08 \x01(\x01\"*\n\x13ReleaseLeaseRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"G\n\rSendKVRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08\x64st_rank\x18\x03 \x01(\x05\"\x10\n\x0eSendKVResponse\"(\n\x12WorkerAbortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"$\n\x13WorkerAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xc7\x03\n\x0bWorkerStats\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.pdserve.v1.WorkerInfo\x12$\n\x06layout\x18\x02 \x01(\x0b\x32\x14.pdserve.v1.KVLayout\x12\x13\n\x0bkv_backends\x18\x03 \x03(\t\x12:\n\nkv_exports\x18\x04 \x03(\x0b\x32&.pdserve.v1.WorkerStats.KvExportsEntry\x12:\n\nkv_fetches\x18\x05 \x03(\x0b\x32&.pdserve.v1.WorkerStats.KvFetchesEntry\x12\x44\n\x0f\x66\x61ults_injected\x18\x06 \x03(\x0b\x32+.pdserve.v1.WorkerStats.FaultsInjectedEntry\x1a\x30\n\x0eKvExportsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0eKvFetchesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13\x46\x61ultsInjectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\":\n\x16WatchPageEventsRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\";\n\tPageEvent\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x11\n\tpage_hash\x18\x02 \x01(\x0c\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"g\n\x0ePageEventBatch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05reset\x18\x02 \x01(\x08\x12%\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x15.pdserve.v1.PageEvent\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\x0e\n\x0c\x44rainRequest\" \n\rDrainResponse\x12\x0f\n\x07\x64rained\x18\x01 \x01(\x08\x32\xbf\x04\n\x06Worker\x12\x42\n\x07Prefill\x12\x1a.pdserve.v1.PrefillRequest\x1a\x1b.pdserve.v1.PrefillResponse\x12>\n\x06\x44\x65\x63ode\x12\x19.pdserve.v1.DecodeRequest\x1a\x17.pdserve.v1.DecodeChunk0\x01\x12Q\n\x0cReleaseLease\x12\x1f.pdserve.v1.ReleaseLeaseRequest\x1a .pdserve.v1.ReleaseLeaseResponse\x12?\n\x06SendKV\x12\x19.pdserve.v1.SendKVRequest\x1a\x1a.pdserve.v1.SendKVResponse\x12H\n\x05\x41\x62ort\x12\x1e.pdserve.v1.WorkerAbortRequest\x1a\x1f.pdserve.v1.WorkerAbortResponse\x12@\n\x08GetStats\x12\x1b.pdserve.v1.GetStatsRequest\x1a\x17.pdserve.v1.WorkerStats\x12S\n\x0fWatchPageEvents\x12\".pdserve.v1.WatchPageEventsRequest\x1a\x1a.pdserve.v1.PageEventBatch0\x01\x12<\n\x05\x44rain\x12\x18.pdserve.v1.DrainRequest\x1a\x19.pdserve.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pdserve/v1/worker.proto\x12\npdserve.v1\x1a\x1bpdserve/v1/generation.proto\"h\n\x08KVLayout\x12\x12\n\nnum_layers\x18\x01 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x02 \x01(\x05\x12\x10\n\x08head_dim\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\r\n\x05\x64type\x18\x05 \x01(\t\"\xe6\x01\n\x08KVHandle\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x15\n\rsrc_worker_id\x18\x02 \x01(\t\x12\x11\n\tsrc_epoch\x18\x03 \x01(\x04\x12\x10\n\x08page_ids\x18\x04 \x03(\x05\x12\x12\n\nnum_tokens\x18\x05 \x01(\x05\x12$\n\x06layout\x18\x06 \x01(\x0b\x32\x14.pdserve.v1.KVLayout\x12\x1b\n\x13lease_expiry_unix_s\x18\x07 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0f\n\x07locator\x18\t \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\n \x01(\x04\"\xa3\x01\n\x0eWorkerSampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\"\x80\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.WorkerSampling\x12\x12\n\nkv_backend\x18\x04 \x01(\t\"\xa3\x01\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\x05\x12$\n\x06handle\x18\x02 \x01(\x0b\x32\x14.pdserve.v1.KVHandle\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\x05\x12\x0f\n\x07queue_s\x18\x05 \x01(\x01\x12\x11\n\tprefill_s\x18\x06 \x01(\x01\"\xd7\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.pdserve.v1.WorkerSampling\x12\x17\n\x0fhas_first_token\x18\x04 \x01(\x08\x12\x16\n\x0e\x66irst_token_id\x18\x05 \x01(\x05\x12$\n\x06handle\x18\x06 \x01(\x0b\x32\x14.pdserve.v1.KVHandle\x12\x13\n\x0bsrc_address\x18\x07 \x01(\t\"\xb9\x01\n\x0b\x44\x65\x63odeChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rstop_token_id\x18\x04 \x01(\x05\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x06 \x01(\x05\x12\x0f\n\x07queue_s\x18\x07 \x01(\x01\x12\x11\n\tprefill_s\x18\x08 \x01(\x01\"*\n\x13ReleaseLeaseRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"(\n\x14ReleaseLeaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"(\n\x11RenewLeaseRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"<\n\x12RenewLeaseResponse\x12\x0f\n\x07renewed\x18\x01 \x01(\x08\x12\x15\n\rexpiry_unix_s\x18\x02 \x01(\x01\"G\n\rSendKVRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08\x64st_rank\x18\x03 \x01(\x05\"\x10\n\x0eSendKVResponse\"(\n\x12WorkerAbortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"$\n\x13WorkerAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x11\n\x0fGetStatsRequest\"\xc7\x03\n\x0bWorkerStats\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.pdserve.v1.WorkerInfo\x12$\n\x06layout\x18\x02 \x01(\x0b\x32\x14.pdserve.v1.KVLayout\x12\x13\n\x0bkv_backends\x18\x03 \x03(\t\x12:\n\nkv_exports\x18\x04 \x03(\x0b\x32&.pdserve.v1.WorkerStats.KvExportsEntry\x12:\n\nkv_fetches\x18\x05 \x03(\x0b\x32&.pdserve.v1.WorkerStats.KvFetchesEntry\x12\x44\n\x0f\x66\x61ults_injected\x18\x06 \x03(\x0b\x32+.pdserve.v1.WorkerStats.FaultsInjectedEntry\x1a\x30\n\x0eKvExportsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0eKvFetchesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13\x46\x61ultsInjectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\":\n\x16WatchPageEventsRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\";\n\tPageEvent\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x11\n\tpage_hash\x18\x02 \x01(\x0c\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"g\n\x0ePageEventBatch\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05reset\x18\x02 \x01(\x08\x12%\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x15.pdserve.v1.PageEvent\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\x0e\n\x0c\x44rainRequest\" \n\rDrainResponse\x12\x0f\n\x07\x64rained\x18\x01 \x01(\x08\x32\x8c\x05\n\x06Worker\x12\x42\n\x07Prefill\x12\x1a.pdserve.v1.PrefillRequest\x1a\x1b.pdserve.v1.PrefillResponse\x12>\n\x06\x44\x65\x63ode\x12\x19.pdserve.v1.DecodeRequest\x1a\x17.pdserve.v1.DecodeChunk0\x01\x12Q\n\x0cReleaseLease\x12\x1f.pdserve.v1.ReleaseLeaseRequest\x1a .pdserve.v1.ReleaseLeaseResponse\x12K\n\nRenewLease\x12\x1d.pdserve.v1.RenewLeaseRequest\x1a\x1e.pdserve.v1.RenewLeaseResponse\x12?\n\x06SendKV\x12\x19.pdserve.v1.SendKVRequest\x1a\x1a.pdserve.v1.SendKVResponse\x12H\n\x05\x41\x62ort\x12\x1e.pdserve.v1.WorkerAbortRequest\x1a\x1f.pdserve.v1.WorkerAbortResponse\x12@\n\x08GetStats\x12\x1b.pdserve.v1.GetStatsRequest\x1a\x17.pdserve.v1.WorkerStats\x12S\n\x0fWatchPageEvents\x12\".pdserve.v1.WatchPageEventsRequest\x1a\x1a.pdserve.v1.PageEventBatch0\x01\x12<\n\x05\x44rain\x12\x18.pdserve.v1.DrainRequest\x1a\x19.pdserve.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,34 +56,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASELEASEREQUEST']._serialized_end=1318
   _globals['_RELEASELEASERESPONSE']._serialized_start=1320
   _globals['_RELEASELEASERESPONSE']._serialized_end=1360
-  _globals['_SENDKVREQUEST']._serialized_start=1362
-  _globals['_SENDKVREQUEST']._serialized_end=1433
-  _globals['_SENDKVRESPONSE']._serialized_start=1435
-  _globals['_SENDKVRESPONSE']._serialized_end=1451
-  _globals['_WORKERABORTREQUEST']._serialized_start=1453
-  _globals['_WORKERABORTREQUEST']._serialized_end=1493
-  _globals['_WORKERABORTRESPONSE']._serialized_start=1495
-  _globals['_WORKERABORTRESPONSE']._serialized_end=1531
-  _globals['_GETSTATSREQUEST']._serialized_start=1533
-  _globals['_GETSTATSREQUEST']._serialized_end=1550
-  _globals['_WORKERSTATS']._serialized_start=1553
-  _globals['_WORKERSTATS']._serialized_end=2008
-  _globals['_WORKERSTATS_KVEXPORTSENTRY']._serialized_start=1855
-  _globals['_WORKERSTATS_KVEXPORTSENTRY']._serialized_end=1903
-  _globals['_WORKERSTATS_KVFETCHESENTRY']._serialized_start=1905
-  _globals['_WORKERSTATS_KVFETCHESENTRY']._serialized_end=1953
-  _globals['_WORKERSTATS_FAULTSINJECTEDENTRY']._serialized_start=1955
-  _globals['_WORKERSTATS_FAULTSINJECTEDENTRY']._serialized_end=2008
-  _globals['_WATCHPAGEEVENTSREQUEST']._serialized_start=2010
-  _globals['_WATCHPAGEEVENTSREQUEST']._serialized_end=2068
-  _globals['_PAGEEVENT']._serialized_start=2070
-  _globals['_PAGEEVENT']._serialized_end=2129
-  _globals['_PAGEEVENTBATCH']._serialized_start=2131
-  _globals['_PAGEEVENTBATCH']._serialized_end=2234
-  _globals['_DRAINREQUEST']._serialized_start=2236
-  _globals['_DRAINREQUEST']._serialized_end=2250
-  _globals['_DRAINRESPONSE']._serialized_start=2252
-  _globals['_DRAINRESPONSE']._serialized_end=2284
-  _globals['_WORKER']._serialized_start=2287
-  _globals['_WORKER']._serialized_end=2862
+  _globals['_RENEWLEASEREQUEST']._serialized_start=1362
+  _globals['_RENEWLEASEREQUEST']._serialized_end=1402
+  _globals['_RENEWLEASERESPONSE']._serialized_start=1404
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1464
+  _globals['_SENDKVREQUEST']._serialized_start=1466
+  _globals['_SENDKVREQUEST']._serialized_end=1537
+  _globals['_SENDKVRESPONSE']._serialized_start=1539
+  _globals['_SENDKVRESPONSE']._serialized_end=1555
+  _globals['_WORKERABORTREQUEST']._serialized_start=1557
+  _globals['_WORKERABORTREQUEST']._serialized_end=1597
+  _globals['_WORKERABORTRESPONSE']._serialized_start=1599
+  _globals['_WORKERABORTRESPONSE']._serialized_end=1635
+  _globals['_GETSTATSREQUEST']._serialized_start=1637
+  _globals['_GETSTATSREQUEST']._serialized_end=1654
+  _globals['_WORKERSTATS']._serialized_start=1657
+  _globals['_WORKERSTATS']._serialized_end=2112
+  _globals['_WORKERSTATS_KVEXPORTSENTRY']._serialized_start=1959
+  _globals['_WORKERSTATS_KVEXPORTSENTRY']._serialized_end=2007
+  _globals['_WORKERSTATS_KVFETCHESENTRY']._serialized_start=2009
+  _globals['_WORKERSTATS_KVFETCHESENTRY']._serialized_end=2057
+  _globals['_WORKERSTATS_FAULTSINJECTEDENTRY']._serialized_start=2059
+  _globals['_WORKERSTATS_FAULTSINJECTEDENTRY']._serialized_end=2112
+  _globals['_WATCHPAGEEVENTSREQUEST']._serialized_start=2114
+  _globals['_WATCHPAGEEVENTSREQUEST']._serialized_end=2172
+  _globals['_PAGEEVENT']._serialized_start=2174
+  _globals['_PAGEEVENT']._serialized_end=2233
+  _globals['_PAGEEVENTBATCH']._serialized_start=2235
+  _globals['_PAGEEVENTBATCH']._serialized_end=2338
+  _globals['_DRAINREQUEST']._serialized_start=2340
+  _globals['_DRAINREQUEST']._serialized_end=2354
+  _globals['_DRAINRESPONSE']._serialized_start=2356
+  _globals['_DRAINRESPONSE']._serialized_end=2388
+  _globals['_WORKER']._serialized_start=2391
+  _globals['_WORKER']._serialized_end=3043
 # @@protoc_insertion_point(module_scope)

@@ -143,6 +143,20 @@ class ReleaseLeaseResponse(_message.Message):
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("renewed", "expiry_unix_s")
+    RENEWED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRY_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    renewed: bool
+    expiry_unix_s: float
+    def __init__(self, renewed: _Optional[bool] = ..., expiry_unix_s: _Optional[float] = ...) -> None: ...
+
 class SendKVRequest(_message.Message):
     __slots__ = ("transfer_id", "backend", "dst_rank")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class WorkerStub:
                 request_serializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/pdserve.v1.Worker/RenewLease',
+                request_serializer=pdserve_dot_v1_dot_worker__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=pdserve_dot_v1_dot_worker__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
         self.SendKV = channel.unary_unary(
                 '/pdserve.v1.Worker/SendKV',
                 request_serializer=pdserve_dot_v1_dot_worker__pb2.SendKVRequest.SerializeToString,
@@ -95,6 +100,13 @@ class WorkerServicer:
 
     def ReleaseLease(self, request, context):
         """The decode side's ack: the pages of a handed-off request may be unpinned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """The decode side's keep-alive while it waits to pull: the lease lives another TTL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +165,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=pdserve_dot_v1_dot_worker__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=pdserve_dot_v1_dot_worker__pb2.RenewLeaseResponse.SerializeToString,
             ),
             'SendKV': grpc.unary_unary_rpc_method_handler(
                     servicer.SendKV,
@@ -261,6 +278,33 @@ class Worker:
             '/pdserve.v1.Worker/ReleaseLease',
             pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseRequest.SerializeToString,
             pdserve_dot_v1_dot_worker__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdserve.v1.Worker/RenewLease',
+            pdserve_dot_v1_dot_worker__pb2.RenewLeaseRequest.SerializeToString,
+            pdserve_dot_v1_dot_worker__pb2.RenewLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kv_transfer.pages import KVLayout, TransportBackend
+from pdserve.worker_errors import WorkerReason
 
 SMALL_LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=8, page_size=4, dtype="float32")
 
@@ -46,6 +47,7 @@ class MockBehavior:
     decode_delay_s: float = 0.0  # per token
     num_pages: int = 256
     fail_decode_after: int | None = None  # UNAVAILABLE after this many streamed tokens
+    kv_failure: WorkerReason | None = None  # a handed-off Decode's pull fails with it (acked)
     report_kv_transfer_s: float = 0.002
     kv_backends: tuple[TransportBackend, ...] = (TransportBackend.SHM,)  # what GetStats reports
     cache_pages: int = 0  # > 0: a real prefix cache of this many pages (instead of num_pages)

@@ -29,11 +29,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
+from pydantic import SecretStr
 
 from engine.page_pool import PagePoolExhausted
 from kv_transfer.pages import KVHandle, KVLayout, Role, TransportBackend
 from kv_transfer.wire import handle_to_proto, layout_to_proto
+from pdserve.channels import open_aio_channel
+from pdserve.tls import TLSConfig, bind
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
+from pdserve.worker_errors import WorkerFailure
+from pdserve.workers import MAX_MESSAGE_BYTES
+from router import auth
 from tests.doubles.mock_behavior import (
     SMALL_LAYOUT,
     Call,
@@ -63,8 +69,12 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
         behavior: MockBehavior | None = None,
         layout: KVLayout = SMALL_LAYOUT,
         epoch: int = 1,
+        tls: TLSConfig | None = None,
+        auth_token: SecretStr | None = None,
     ) -> None:
+        """`tls` and `auth_token` are the internal edge's, as a real worker's (both sides)."""
         self.worker_id, self.role, self.layout, self.epoch = worker_id, role, layout, epoch
+        self.tls, self.auth_token = tls, auth_token
         self.behavior = b = behavior or MockBehavior()
         self.calls: list[Call] = []
         self.pool = (
@@ -83,9 +93,9 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
 
     async def start(self) -> None:
         self.pool.events.open()
-        self._server = grpc.aio.server()
+        self._server = grpc.aio.server(interceptors=auth.interceptors(self.auth_token))
         worker_pb2_grpc.add_WorkerServicer_to_server(self, self._server)
-        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+        self.address = f"127.0.0.1:{bind(self._server, '127.0.0.1:0', self.tls)}"
         await self._server.start()
 
     async def stop(self) -> None:
@@ -278,11 +288,14 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mock decode worker lost")
         channel = self._peers.get(request.src_address)
         if channel is None:
-            channel = self._peers[request.src_address] = grpc.aio.insecure_channel(
-                request.src_address
+            channel = self._peers[request.src_address] = open_aio_channel(
+                request.src_address, self.tls, self.auth_token, MAX_MESSAGE_BYTES
             )
         ack = worker_pb2.ReleaseLeaseRequest(transfer_id=request.handle.transfer_id)
         await worker_pb2_grpc.WorkerStub(channel).ReleaseLease(ack, timeout=5)
+        reason = self.behavior.kv_failure
+        if reason is not None:  # like the real worker: acked, pages freed, typed status
+            await context.abort_with_status(WorkerFailure(reason, "mock pull failed").status())
 
     def _chunk(self, prompt, index: int, sampling) -> worker_pb2.DecodeChunk:
         token = self.token(prompt, index)

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.breaker import BreakerState
 from router.events import Timing, Usage
+from router.lifecycle import Phase
 from router.metrics import RouterMetrics
 from router.policy import RouteReason
 
@@ -106,11 +107,26 @@ def test_routes_count_by_reason_with_the_predicted_hits(metrics):
 
 
 def test_requests_count_by_their_lowercased_status(metrics):
-    metrics.count_request(grpc.StatusCode.OK)
-    metrics.count_request(grpc.StatusCode.OK)
-    metrics.count_request(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    metrics.count_request(grpc.StatusCode.OK, Phase.DECODING)
+    metrics.count_request(grpc.StatusCode.OK, Phase.DECODING)
+    metrics.count_request(grpc.StatusCode.RESOURCE_EXHAUSTED, Phase.RECEIVED)
     assert value(metrics, "pdserve_requests_total", status="ok") == 2
     assert value(metrics, "pdserve_requests_total", status="resource_exhausted") == 1
+
+
+def test_cancellations_are_counted_by_the_phase_they_came_in(metrics):
+    metrics.count_request(grpc.StatusCode.CANCELLED, Phase.PREFILLING)
+    metrics.count_request(grpc.StatusCode.CANCELLED, Phase.DECODING)
+    metrics.count_request(grpc.StatusCode.CANCELLED, Phase.DECODING)
+    metrics.count_request(grpc.StatusCode.UNAVAILABLE, Phase.DECODING)
+    assert value(metrics, "pdserve_request_cancellations_total", phase="prefilling") == 1
+    assert value(metrics, "pdserve_request_cancellations_total", phase="decoding") == 2
+    assert value(metrics, "pdserve_request_cancellations_total", phase="routing") is None
+
+
+def test_recomputes_are_counted_by_reason(metrics):
+    metrics.count_recompute("KV_LEASE_EXPIRED")
+    assert value(metrics, "pdserve_request_recomputes_total", reason="KV_LEASE_EXPIRED") == 1
 
 
 def test_a_running_request_is_counted_until_it_ends_even_by_an_error(metrics):
@@ -138,7 +154,7 @@ def test_index_errors_are_counted(metrics):
 
 def test_two_routers_in_one_process_keep_their_own_counts(metrics):
     other = RouterMetrics()
-    metrics.count_request(grpc.StatusCode.OK)
+    metrics.count_request(grpc.StatusCode.OK, Phase.DECODING)
     assert value(other, "pdserve_requests_total", status="ok") is None
     assert value(metrics, "pdserve_requests_total", status="ok") == 1
 
@@ -150,7 +166,7 @@ def test_render_gives_the_prometheus_text_format(metrics):
 
 
 def test_a_scrape_over_http_reads_the_registry_until_close(metrics):
-    metrics.count_request(grpc.StatusCode.CANCELLED)
+    metrics.count_request(grpc.StatusCode.CANCELLED, Phase.PREFILLING)
     port = metrics.serve_http("127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
