@@ -42,7 +42,9 @@ class DecodeWorker:
             config.engine, Path(model_dir), config.worker_id, self._edge.events.append
         )
         self._edge.attach(self._loop)
-        self._peers = PrefillPeers(config.ack_timeout_s)
+        self._peers = PrefillPeers(
+            config.ack_timeout_s, config.internal_tls, config.internal_auth_token
+        )
         self.metrics = WorkerMetrics(config.worker_id, config.role, self._stats)
         self._transports = make_worker_transports(
             config.transport,

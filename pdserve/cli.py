@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from pdserve import client
-from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2
+from pdserve import auth_flags, client
+from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2, generation_pb2_grpc
 from router.config import PolicyName
 
 
@@ -87,6 +88,7 @@ def _add_up(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds `pdserve scale` waits for a worker to drain before stopping it",
     )
+    auth_flags.add_server_flags(parser)
     parser.set_defaults(run=_run_up)
 
 
@@ -102,12 +104,14 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-eos", dest="ignore_eos", action="store_true")
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds")
     parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
+    auth_flags.add_client_flags(parser)
     parser.set_defaults(run=_run_generate)
 
 
 def _add_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
+    auth_flags.add_client_flags(parser)
     parser.set_defaults(run=_run_status)
 
 
@@ -123,6 +127,7 @@ def _add_scale(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds")
     parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
+    auth_flags.add_client_flags(parser)
     parser.set_defaults(run=_run_scale)
 
 
@@ -133,7 +138,7 @@ def up_config(args: argparse.Namespace):
     from pdserve.config import ClusterConfig
 
     flags = {key: value for key, value in vars(args).items() if key not in ("run", "config")}
-    return ClusterConfig.load(args.config, **flags)
+    return ClusterConfig.load(args.config, **auth_flags.sectioned(flags))
 
 
 def _run_up(args: argparse.Namespace) -> int:
@@ -159,7 +164,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         ignore_eos=args.ignore_eos or None,
     )
-    channel, stub = client.connect(args.address)
+    channel, stub = _connect(args)
     try:
         completion = _print_stream(stub, request, args.timeout)
     except grpc.RpcError as exc:
@@ -169,6 +174,19 @@ def _run_generate(args: argparse.Namespace) -> int:
         channel.close()
     _print_figures(completion)
     return 0
+
+
+def _connect(args: argparse.Namespace) -> tuple[grpc.Channel, generation_pb2_grpc.GenerationStub]:
+    security = _client_security(args)
+    return client.connect(args.address, security.tls, security.token)
+
+
+def _client_security(args: argparse.Namespace) -> auth_flags.ClientSecurity:
+    """The --tls*/--auth-token-file flags (or PDSERVE_AUTH_TOKEN); exits naming a bad one."""
+    try:
+        return auth_flags.client_security(args, os.environ)
+    except ValueError as exc:
+        raise SystemExit(f"pdserve: {exc}") from None
 
 
 def _print_stream(
@@ -214,7 +232,8 @@ def scale_request(args: argparse.Namespace) -> cluster_pb2.ScaleRequest:
 
 
 def _run_scale(args: argparse.Namespace) -> int:
-    channel = grpc.insecure_channel(args.address)
+    security = _client_security(args)
+    channel = client.open_public_channel(args.address, security.tls, security.token)
     try:
         stub = cluster_pb2_grpc.ClusterStub(channel)
         response = stub.Scale(scale_request(args), timeout=args.timeout)
@@ -264,7 +283,7 @@ _STATUS_COLUMNS = (
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    channel, stub = client.connect(args.address)
+    channel, stub = _connect(args)
     try:
         info = stub.GetServerInfo(generation_pb2.GetServerInfoRequest(), timeout=10)
     except grpc.RpcError as exc:

@@ -6,10 +6,14 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from pydantic import SecretStr
 
+from pdserve.channels import open_channel
+from pdserve.tls import TLSConfig
 from pdserve.v1 import generation_pb2, generation_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 8 * 2**20  # the router's default cap (RouterConfig.grpc_max_message_bytes)
 
 
 @dataclass(slots=True)
@@ -67,8 +71,15 @@ def generate(
     return completion
 
 
+def open_public_channel(
+    address: str = DEFAULT_ADDRESS, tls: TLSConfig | None = None, token: SecretStr | None = None
+) -> grpc.Channel:
+    """A channel to a router's public API: TLS with `tls`, the bearer `token` on every call."""
+    return open_channel(address, tls, token, MAX_MESSAGE_BYTES)
+
+
 def connect(
-    address: str = DEFAULT_ADDRESS,
+    address: str = DEFAULT_ADDRESS, tls: TLSConfig | None = None, token: SecretStr | None = None
 ) -> tuple[grpc.Channel, generation_pb2_grpc.GenerationStub]:
-    channel = grpc.insecure_channel(address)
+    channel = open_public_channel(address, tls, token)
     return channel, generation_pb2_grpc.GenerationStub(channel)

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from engine.builder import DEFAULT_MODEL_CACHE, RunnerKind
 from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
+from pdserve.auth import token_from_file
+from pdserve.tls import TLSConfig
 from router.config import PolicyName
 
 _RATIO = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
@@ -130,6 +132,35 @@ class ClusterConfig(BaseSettings):
     ray_address: str | None = Field(
         None, description="Join this Ray cluster instead of starting one."
     )
+    tls: TLSConfig | None = Field(
+        None,
+        description="TLS of the public API (cert_file, key_file; ca_file + require_client_cert "
+        "for mTLS); unset = plaintext.",
+    )
+    auth_token: SecretStr | None = Field(
+        None, description="Bearer token every public call must carry; unset = none asked."
+    )
+    auth_token_file: Path | None = Field(
+        None, description="File holding auth_token (instead of giving it)."
+    )
+    internal_tls: TLSConfig | None = Field(
+        None,
+        description="TLS between router and workers and between workers, the same files on "
+        "every side (the certificate needs both server and client use for mTLS); unset = "
+        "plaintext.",
+    )
+    internal_auth_token: SecretStr | None = Field(
+        None, description="Bearer token of every router → worker and worker → worker call."
+    )
+    internal_auth_token_file: Path | None = Field(
+        None, description="File holding internal_auth_token (instead of giving it)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokens_from_files(cls, data: Any) -> Any:
+        data = token_from_file(data, "auth_token", "auth_token_file")
+        return token_from_file(data, "internal_auth_token", "internal_auth_token_file")
 
     @model_validator(mode="before")
     @classmethod
@@ -175,6 +206,13 @@ class ClusterConfig(BaseSettings):
         FaultPlan.parse(self.transfer_faults)  # a bad spec fails here, naming its key
         return self
 
+    @model_validator(mode="after")
+    def _tls_can_serve(self) -> ClusterConfig:
+        for name, tls in (("tls", self.tls), ("internal_tls", self.internal_tls)):
+            if tls is not None and not tls.can_serve:
+                raise ValueError(f"{name}.cert_file: its servers need a certificate and its key")
+        return self
+
     @property
     def worker_metrics_port(self) -> int | None:
         """What each worker's metrics_port is set to: ephemeral, or off."""
@@ -191,7 +229,7 @@ class ClusterConfig(BaseSettings):
         given = {key: value for key, value in flags.items() if value is not None}
         merged: dict[str, Any] = {}
         for source in (file_values, env_values, given):
-            merged |= _sizes_overridden_by(source) | source
+            merged = _merged(merged, _sizes_overridden_by(source) | source)
         return cls(**merged)
 
 
@@ -229,6 +267,15 @@ def _parse_total(total: Any) -> int:
         return int(total)
     except (TypeError, ValueError):
         raise ValueError(f"num_workers: expected a whole number; got {total!r}") from None
+
+
+def _merged(lower: dict[str, Any], higher: dict[str, Any]) -> dict[str, Any]:
+    """`higher` over `lower`; a section given in both (tls) is merged key by key."""
+    merged = lower | higher
+    for key, value in higher.items():
+        if isinstance(value, dict) and isinstance(lower.get(key), dict):
+            merged[key] = lower[key] | value
+    return merged
 
 
 def _sizes_overridden_by(source: dict[str, Any]) -> dict[str, None]:

@@ -203,6 +203,8 @@ class LocalCluster:
             "kv_group": kv_group,
             "metrics_port": self.config.worker_metrics_port,
             "drain_quiet_s": self.config.drain_quiet_s,
+            "internal_tls": self.config.internal_tls,
+            "internal_auth_token": self.config.internal_auth_token,
             "verify_checksum": self.config.verify_checksum,
             "checksum_sample_rate": self.config.checksum_sample_rate,
             "transfer_faults": self.config.transfer_faults,
@@ -243,6 +245,10 @@ class LocalCluster:
             conditional_disaggregation=self.config.conditional_disaggregation,
             redis_url=self.config.redis_url,
             metrics_port=self.config.metrics_port,
+            tls=self.config.tls,
+            auth_token=self.config.auth_token,
+            internal_tls=self.config.internal_tls,
+            internal_auth_token=self.config.internal_auth_token,
             # A KV group is formed to be used: every pair moves KV over it. Without one the
             # topology decides per pair (shm between workers of this node).
             kv_backend=self.config.transport if self._forms_kv_group else None,

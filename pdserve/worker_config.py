@@ -5,7 +5,7 @@ subclasses it with its own env prefix, defaults and fields.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from engine.builder import EngineConfig
@@ -13,6 +13,7 @@ from kv_transfer.collective import KVGroupSpec
 from kv_transfer.factory import held_backends
 from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
+from pdserve.tls import TLSConfig
 
 
 class WorkerConfig(BaseSettings):
@@ -58,6 +59,17 @@ class WorkerConfig(BaseSettings):
         "request: longer than a router's stats period, so routes already chosen arrive first.",
     )
     max_grpc_threads: int = Field(64, ge=4, description="Concurrent internal RPCs.")
+    internal_tls: TLSConfig | None = Field(
+        None,
+        description="TLS of the internal edge: this worker's server (cert_file, key_file; "
+        "require_client_cert = mTLS against ca_file) and its channels to peers; unset = "
+        "plaintext.",
+    )
+    internal_auth_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every internal call must carry, and that this worker "
+        "sends to its peers; unset = none.",
+    )
 
     @model_validator(mode="after")
     def _holds_its_transport(self) -> WorkerConfig:
@@ -75,3 +87,9 @@ class WorkerConfig(BaseSettings):
         """`transfer_faults` parsed; None when it injects nothing."""
         plan = FaultPlan.parse(self.transfer_faults)
         return plan if plan.is_active else None
+
+    @model_validator(mode="after")
+    def _can_serve_tls(self) -> WorkerConfig:
+        if self.internal_tls is not None and not self.internal_tls.can_serve:
+            raise ValueError("internal_tls.cert_file: a worker's server needs a certificate")
+        return self

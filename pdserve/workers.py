@@ -13,13 +13,17 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+from pydantic import SecretStr
 
 from engine.core import EngineStats
 from engine.request import SamplingParams
 from kv_transfer.faults import FaultKind
 from kv_transfer.pages import KVLayout, Role, TransportBackend
 from kv_transfer.wire import layout_to_proto
+from pdserve.auth import TokenServerInterceptor
+from pdserve.channels import message_size_options
 from pdserve.metrics_export import MetricsExporter
+from pdserve.tls import TLSConfig, bind
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from pdserve.worker_config import WorkerConfig
 
@@ -134,6 +138,8 @@ def serve_worker(
         config.host,
         config.port,
         config.max_grpc_threads,
+        config.internal_tls,
+        config.internal_auth_token,
     )
     identity = WorkerIdentity(
         worker_id=config.worker_id,
@@ -149,13 +155,21 @@ def serve_worker(
     return server, identity
 
 
-def start_grpc_server(register, host: str, port: int, max_workers: int) -> tuple[grpc.Server, int]:
-    """Starts a threaded gRPC server; `register(server)` adds the servicers. Returns the bound port."""
+def start_grpc_server(
+    register,
+    host: str,
+    port: int,
+    max_workers: int,
+    tls: TLSConfig | None = None,
+    token: SecretStr | None = None,
+) -> tuple[grpc.Server, int]:
+    """Starts a threaded gRPC server; `register(server)` adds the servicers. Returns the bound
+    port. With `tls` it serves only TLS; with `token` every call must carry it."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[TokenServerInterceptor(token)] if token is not None else None,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *message_size_options(MAX_MESSAGE_BYTES),
             # A router gone without closing its streams (a partition) is noticed, and the
             # thread serving its WatchPageEvents stream freed.
             ("grpc.keepalive_time_ms", 30_000),
@@ -163,8 +177,6 @@ def start_grpc_server(register, host: str, port: int, max_workers: int) -> tuple
         ],
     )
     register(server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"port: cannot bind {host}:{port}")
+    bound = bind(server, f"{host}:{port}", tls)
     server.start()
     return server, bound

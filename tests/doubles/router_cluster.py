@@ -10,7 +10,10 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+from pydantic import SecretStr
 
+from pdserve.channels import open_aio_channel
+from pdserve.tls import TLSConfig
 from pdserve.v1 import generation_pb2, generation_pb2_grpc
 from router.config import RouterConfig
 from router.server import RouterServer
@@ -33,9 +36,14 @@ class RouterCluster:
 
 @asynccontextmanager
 async def router_cluster(
-    model_dir: Path, workers: Sequence[MockWorker], **config: object
+    model_dir: Path,
+    workers: Sequence[MockWorker],
+    client_tls: TLSConfig | None = None,
+    client_token: SecretStr | None = None,
+    **config: object,
 ) -> AsyncIterator[RouterCluster]:
-    """Starts `workers`, registers them by address, starts the router; tears all down."""
+    """Starts `workers`, registers them by address, starts the router; tears all down. The
+    cluster's channel uses `client_tls` and `client_token` (the router's: `tls`, `auth_token`)."""
     for worker in workers:
         await worker.start()
     # Short test prompts take the (prefill, decode) pair unless a test asks for colocation.
@@ -52,7 +60,8 @@ async def router_cluster(
         for worker in workers:
             await router.add_worker(worker.address)
         await router.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
+        address, max_bytes = f"127.0.0.1:{router.port}", router.config.grpc_max_message_bytes
+        channel = open_aio_channel(address, client_tls, client_token, max_bytes)
         stub = generation_pb2_grpc.GenerationStub(channel)
         yield RouterCluster(router, {w.worker_id: w for w in workers}, channel, stub)
     finally:

@@ -1,4 +1,5 @@
-"""The seams ARCHITECTURE.md §2 promises, each checked: stubs, imports, no pickle."""
+"""The seams ARCHITECTURE.md §2 promises, each checked: stubs, imports (no pickle or eval:
+test_no_pickle_eval.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,6 @@ import pytest
 from pdserve.protogen import generate
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = (
-    "pdserve",
-    "router",
-    "prefill_worker",
-    "decode_worker",
-    "kv_transfer",
-    "engine",
-    "bench",
-)
 
 
 def test_committed_stubs_equal_freshly_generated(tmp_path: Path):
@@ -34,7 +26,15 @@ def test_committed_stubs_equal_freshly_generated(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "module", ["kv_transfer.pages", "kv_transfer.wire", "engine.config", "engine.request"]
+    "module",
+    [
+        "kv_transfer.pages",
+        "kv_transfer.wire",
+        "engine.config",
+        "engine.request",
+        "pdserve.channels",  # TLS and tokens, imported by the router
+        "router.auth",
+    ],
 )
 def test_torch_free_modules_do_not_load_torch(module: str):
     loaded = _modules_loaded_by(module)
@@ -65,17 +65,3 @@ def _imports_of(package: str) -> set[str]:
 )
 def test_worker_roles_never_import_each_other(package: str, other: str):
     assert not {name for name in _imports_of(package) if name.split(".")[0] == other}
-
-
-@pytest.mark.parametrize("package", PACKAGES)
-def test_no_pickle_or_eval_in_serving_code(package: str):
-    """Nothing that crosses a process or trust boundary may be unpickled or evaluated."""
-    assert not {"pickle", "cPickle", "dill", "marshal"} & {
-        n.split(".")[0] for n in _imports_of(package)
-    }
-    for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                assert node.func.id not in ("eval", "exec"), (
-                    f"{path}:{node.lineno} calls {node.func.id}"
-                )

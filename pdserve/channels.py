@@ -1,0 +1,44 @@
+"""Every gRPC channel pdserve opens: TLS or plaintext, the bearer token, the size caps.
+
+The router's channels to workers (grpc.aio), the decode worker's to prefill peers and the
+public client's (sync) all come from here, so no edge is left without one of the three.
+"""
+
+from __future__ import annotations
+
+import grpc
+from pydantic import SecretStr
+
+from pdserve.auth import BearerToken, aio_bearer_interceptors
+from pdserve.tls import TLSConfig, channel_credentials
+
+
+def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC's own caps: a larger message fails RESOURCE_EXHAUSTED, never reaches a handler."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def open_channel(
+    address: str, tls: TLSConfig | None, token: SecretStr | None, max_message_bytes: int
+) -> grpc.Channel:
+    options = message_size_options(max_message_bytes)
+    credentials = channel_credentials(tls)
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        channel = grpc.secure_channel(address, credentials, options=options)
+    return channel if token is None else grpc.intercept_channel(channel, BearerToken(token))
+
+
+def open_aio_channel(
+    address: str, tls: TLSConfig | None, token: SecretStr | None, max_message_bytes: int
+) -> grpc.aio.Channel:
+    options = message_size_options(max_message_bytes)
+    interceptors = aio_bearer_interceptors(token) if token is not None else None
+    credentials = channel_credentials(tls)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
