@@ -3,7 +3,8 @@
 The launcher runs `DecodeWorker` as a Ray actor (`ray.remote(DecodeWorker)`); tests may run it
 in-process. Construction loads the model and starts serving; with a `kv_group` in the config
 the launcher then calls `join_kv_group` on every worker at once; `stop()` ends the streams,
-the engine and the server, and leaves the KV group.
+the engine and the server, and leaves the KV group. SIGTERM drains, stops and exits the
+process (pdserve/worker_exit.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from decode_worker.server import DecodeServicer
 from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
 from pdserve.worker_edge import WorkerEdge
+from pdserve.worker_exit import WorkerExit
 from pdserve.worker_metrics import WorkerMetrics
 from pdserve.workers import (
     ServingState,
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 class DecodeWorker:
     def __init__(self, config: DecodeWorkerConfig, model_dir: str) -> None:
         torch.set_num_threads(config.engine.num_threads)
-        self._edge = WorkerEdge(new_epoch(), config.drain_quiet_s, lambda: True)
+        self._edge = WorkerEdge(new_epoch(), config, lambda: True)
         self._loop, runner = build_engine(
             config.engine, Path(model_dir), config.worker_id, self._edge.events.append
         )
@@ -72,8 +74,11 @@ class DecodeWorker:
             self._edge.epoch,
             runner.layout,
             self._transports.backends,
+            self._edge.health.servicer,
         )
         self._metrics_port = serve_metrics(self.metrics, config)
+        self._exit = WorkerExit(self.drain, self._stop, config.drain_timeout_s)
+        self._exit.install()
         log.info("decode worker %s serving on %s", config.worker_id, self._identity.address)
 
     def identity(self) -> WorkerIdentity:
@@ -88,6 +93,9 @@ class DecodeWorker:
         return self._edge.drain().drained
 
     def stop(self, grace_s: float = 1.0) -> None:
+        self._exit.stop(grace_s)
+
+    def _stop(self, grace_s: float) -> None:
         self._edge.close()
         self._server.stop(grace_s).wait()
         self._loop.stop()
@@ -105,4 +113,5 @@ class DecodeWorker:
         )
         gate = self._edge.gate
         serving = ServingState(gate.draining, gate.drained, self._metrics_port)
+        self._edge.health.admission.note_integrity(engine.integrity_ok)
         return worker_stats_proto(self._identity, engine, transfers, serving)

@@ -7,7 +7,9 @@ every worker joins one KV group (ranks 0..n-1 in plan order), all at once → th
 every worker registered, and pdserve.v1.Cluster served beside it (pdserve/scaling.py: Scale
 grows pools through `spawn` and shrinks them by draining, then `stop_worker`). Stop runs the
 same steps backwards (each worker leaves the group as it stops); Ray is shut down only if we
-started it.
+started it. The router gets `shutdown_grace_s` to let its streams finish. A worker that ends
+on its own (SIGTERM: it drains, then exits) is forgotten within `_EXIT_CHECK_PERIOD_S`, so
+pools and Scale count only live workers.
 
 Worker ids are `prefill-N`, `decode-N`, `both-N`, N counting up per role from 0 and never
 reused, so a worker started by a Scale is always told apart from one that left.
@@ -52,6 +54,8 @@ class WorkerHandle:
 
 _ID_PREFIX = {Role.PREFILL: "prefill", Role.DECODE: "decode", Role.BOTH: "both"}
 _SEGMENT_SWEEP_PERIOD_S = 1.0
+_EXIT_CHECK_PERIOD_S = 2.0
+_EXIT_CHECK_TIMEOUT_S = 10.0
 
 
 class LocalCluster:
@@ -67,6 +71,7 @@ class LocalCluster:
         self._owns_ray = False
         self._next_index = dict.fromkeys(Role, 0)
         self._segment_sweep: asyncio.Task[None] | None = None
+        self._exit_watch: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -91,6 +96,7 @@ class LocalCluster:
             await self.router.add_worker(address)
         await self.router.start()
         self._segment_sweep = asyncio.create_task(self._sweep_segments(), name="shm-sweep")
+        self._exit_watch = asyncio.create_task(self._watch_exits(), name="worker-exits")
         log.info(
             "pdserve serving %s on %s with %s%s",
             config.model,
@@ -104,10 +110,13 @@ class LocalCluster:
     async def stop(self) -> None:
         if self._segment_sweep is not None:
             self._segment_sweep.cancel()
+        if self._exit_watch is not None:
+            self._exit_watch.cancel()
+            await asyncio.gather(self._exit_watch, return_exceptions=True)
         if self.scaler is not None:
             await self.scaler.close()
         if self.router is not None:
-            await self.router.stop()
+            await self.router.stop(self.router.config.shutdown_grace_s)
         await asyncio.gather(
             *(h.actor.stop.remote() for h in self.workers.values()), return_exceptions=True
         )
@@ -150,14 +159,36 @@ class LocalCluster:
         return [(identity.worker_id, identity.address) for identity in identities]
 
     async def stop_worker(self, worker_id: str) -> None:
-        """Stops with no grace: the drain (or its timeout) before this was the grace."""
-        handle = self.workers.pop(worker_id)
+        """Stops with no grace: the drain (or its timeout) before this was the grace. A worker
+        that already exited on its own is gone already."""
+        handle = self.workers.pop(worker_id, None)
+        if handle is None:
+            return
         try:
             await handle.actor.stop.remote(0.0)
         except Exception as exc:  # it is killed next either way
             log.warning("worker %s did not stop cleanly: %s", worker_id, type(exc).__name__)
         finally:
             ray.kill(handle.actor)
+
+    async def _watch_exits(self) -> None:
+        while True:
+            await asyncio.sleep(_EXIT_CHECK_PERIOD_S)
+            for worker_id in await self._exited():
+                if self.workers.pop(worker_id, None) is not None:
+                    log.info("worker %s exited on its own: forgotten", worker_id)
+
+    async def _exited(self) -> list[str]:
+        """Workers whose actor is dead; one that is slow to answer counts as alive."""
+        handles = list(self.workers.items())
+        replies = await asyncio.gather(
+            *(_answer(h.actor.identity.remote()) for _, h in handles), return_exceptions=True
+        )
+        return [
+            worker_id
+            for (worker_id, _), reply in zip(handles, replies, strict=True)
+            if isinstance(reply, ray.exceptions.RayActorError)
+        ]
 
     async def _sweep_segments(self) -> None:
         """A worker killed without closing (SIGKILL, OOM) leaves its shm KV exports in
@@ -203,11 +234,12 @@ class LocalCluster:
             "kv_group": kv_group,
             "metrics_port": self.config.worker_metrics_port,
             "drain_quiet_s": self.config.drain_quiet_s,
-            "internal_tls": self.config.internal_tls,
-            "internal_auth_token": self.config.internal_auth_token,
+            "drain_timeout_s": self.config.drain_timeout_s,
             "verify_checksum": self.config.verify_checksum,
             "checksum_sample_rate": self.config.checksum_sample_rate,
             "transfer_faults": self.config.transfer_faults,
+            "internal_tls": self.config.internal_tls,
+            "internal_auth_token": self.config.internal_auth_token,
         }
         if role is Role.PREFILL:
             config = PrefillWorkerConfig(**common, lease_ttl_s=self.config.lease_ttl_s)
@@ -253,6 +285,10 @@ class LocalCluster:
             # topology decides per pair (shm between workers of this node).
             kv_backend=self.config.transport if self._forms_kv_group else None,
         )
+
+
+async def _answer(ref: ray.ObjectRef) -> object:
+    return await asyncio.wait_for(ref, _EXIT_CHECK_TIMEOUT_S)
 
 
 def serve_forever(config: ClusterConfig) -> int:

@@ -58,6 +58,21 @@ class WorkerConfig(BaseSettings):
         description="A draining worker counts as drained only after this long without a new "
         "request: longer than a router's stats period, so routes already chosen arrive first.",
     )
+    drain_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="After SIGTERM the worker drains for at most this long, then stops and "
+        "exits drained or not.",
+    )
+    health_period_s: float = Field(
+        0.25, gt=0, description="How often grpc.health.v1 status is re-evaluated."
+    )
+    wedged_after_s: float = Field(
+        10.0,
+        gt=0,
+        description="Requests waiting this long without one engine step finishing mean the "
+        "page pool cannot admit work: health turns NOT_SERVING until it moves again.",
+    )
     max_grpc_threads: int = Field(64, ge=4, description="Concurrent internal RPCs.")
     internal_tls: TLSConfig | None = Field(
         None,

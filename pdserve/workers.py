@@ -13,6 +13,8 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 from pydantic import SecretStr
 
 from engine.core import EngineStats
@@ -131,10 +133,17 @@ def serve_worker(
     epoch: int,
     layout: KVLayout,
     kv_backends: tuple[TransportBackend, ...],
+    health: HealthServicer,
 ) -> tuple[grpc.Server, WorkerIdentity]:
-    """Starts the internal gRPC server for `servicer` and describes the running worker."""
+    """Starts the internal gRPC server for `servicer` and `health` (grpc.health.v1) and
+    describes the running worker."""
+
+    def register(server: grpc.Server) -> None:
+        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
     server, port = start_grpc_server(
-        lambda s: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, s),
+        register,
         config.host,
         config.port,
         config.max_grpc_threads,

@@ -5,7 +5,10 @@ it alive; a reply from a newer epoch of the same worker (it restarted at the sam
 re-registers it; `dead_after_failures` consecutive failures (no reply, or a reply from
 something else at that address) mark it dead, which takes it out of routing until a later
 reply revives it. A worker that stays dead `drop_dead_after_s` past its last reply is dropped
-from the registry (its index entries follow it out through `on_round`). After every round `on_round` receives the snapshot (health uses it).
+from the registry (its index entries follow it out through `on_round`). A worker whose last
+reply said draining is dropped at once when it is gone (unreachable, or any failure after it
+said drained): it drained and exited, and will not come back under that epoch. After every
+round `on_round` receives the snapshot (health uses it).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from router.errors import RouterError
+from router.errors import RouterError, WorkerUnavailable
 from router.registry import WorkerRecord, WorkerRegistry
 from router.worker_client import WorkerClients
 
@@ -103,8 +106,12 @@ class WorkerMonitor:
         """Polls one worker now and records what it reports (or the failure)."""
         try:
             reported = await self._clients.get_stats(worker.address, self._timeout_s)
-        except RouterError:
-            await self._count_failure(worker)
+        except RouterError as error:
+            if _drained_and_gone(worker, error):
+                log.info("worker %s drained and gone: dropped", worker.worker_id)
+                await self._registry.deregister(worker.worker_id, worker.epoch)
+            else:
+                await self._count_failure(worker)
             return
         if reported.worker_id != worker.worker_id or reported.epoch < worker.epoch:
             await self._count_failure(worker)
@@ -122,3 +129,8 @@ class WorkerMonitor:
         if failures >= self._dead_after and worker.alive:
             log.warning("worker %s at %s marked dead", worker.worker_id, worker.address)
             await self._registry.mark_dead(worker.worker_id, worker.epoch)
+
+
+def _drained_and_gone(worker: WorkerRecord, error: RouterError) -> bool:
+    """A worker that said it was draining no longer answers: it finished and exited."""
+    return worker.load.drained or (worker.load.draining and isinstance(error, WorkerUnavailable))

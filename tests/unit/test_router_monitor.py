@@ -100,3 +100,25 @@ async def test_a_newer_epoch_at_the_same_address_is_re_registered():
             worker.epoch = 2  # the process restarted
             (polled,) = await monitor.poll_once()
     assert (polled.epoch, polled.alive) == (2, True)
+
+
+async def test_a_draining_worker_that_goes_away_is_dropped_at_its_first_failed_poll():
+    """A SIGTERM drains a worker and ends its process: no registry_ttl_s wait for it."""
+    registry, rounds = InMemoryRegistry(), []
+    async with monitoring(registry, rounds) as monitor:
+        async with running(MockWorker("d0", Role.DECODE)) as worker:
+            await monitor.discover(worker.address)
+            worker.draining = True
+            (polled,) = await monitor.poll_once()
+            assert polled.load.draining and not polled.routable
+        assert await monitor.poll_once() == []
+    assert await registry.get("d0") is None and rounds[-1] == []
+
+
+async def test_a_serving_worker_that_goes_away_is_only_counted_as_failed():
+    registry = InMemoryRegistry()
+    async with monitoring(registry, []) as monitor:
+        async with running(MockWorker("d0", Role.DECODE)) as worker:
+            await monitor.discover(worker.address)
+        (polled,) = await monitor.poll_once()
+    assert (polled.worker_id, polled.alive) == ("d0", True)  # dead_after_failures=2
