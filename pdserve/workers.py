@@ -66,6 +66,7 @@ class TransferStats:
     num_exports: Mapping[TransportBackend, int] = field(default_factory=dict)
     num_fetches: Mapping[TransportBackend, int] = field(default_factory=dict)
     faults_injected: Mapping[FaultKind, int] = field(default_factory=dict)  # chaos testing
+    leases_expired: int = 0  # ended unacked: the decode side never pulled or never acked
 
 
 def worker_stats_proto(
@@ -103,6 +104,7 @@ def worker_stats_proto(
         kv_exports={backend.value: n for backend, n in transfers.num_exports.items()},
         kv_fetches={backend.value: n for backend, n in transfers.num_fetches.items()},
         faults_injected={kind.value: n for kind, n in transfers.faults_injected.items()},
+        leases_expired=transfers.leases_expired,
     )
 
 

@@ -115,6 +115,7 @@ class PrefillWorker:
             num_exports=self._transports.num_exports(),
             num_fetches=self._transports.num_fetches(),
             faults_injected=self._transports.faults_injected(),
+            leases_expired=self._leases.num_expired,
         )
         gate = self._edge.gate
         serving = ServingState(gate.draining, gate.drained, self._metrics_port)

@@ -188,7 +188,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("info", "layout", "kv_backends", "kv_exports", "kv_fetches", "faults_injected")
+    __slots__ = ("info", "layout", "kv_backends", "kv_exports", "kv_fetches", "faults_injected", "leases_expired")
     class KvExportsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -216,13 +216,15 @@ class WorkerStats(_message.Message):
     KV_EXPORTS_FIELD_NUMBER: _ClassVar[int]
     KV_FETCHES_FIELD_NUMBER: _ClassVar[int]
     FAULTS_INJECTED_FIELD_NUMBER: _ClassVar[int]
+    LEASES_EXPIRED_FIELD_NUMBER: _ClassVar[int]
     info: _generation_pb2.WorkerInfo
     layout: KVLayout
     kv_backends: _containers.RepeatedScalarFieldContainer[str]
     kv_exports: _containers.ScalarMap[str, int]
     kv_fetches: _containers.ScalarMap[str, int]
     faults_injected: _containers.ScalarMap[str, int]
-    def __init__(self, info: _Optional[_Union[_generation_pb2.WorkerInfo, _Mapping]] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ..., kv_backends: _Optional[_Iterable[str]] = ..., kv_exports: _Optional[_Mapping[str, int]] = ..., kv_fetches: _Optional[_Mapping[str, int]] = ..., faults_injected: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    leases_expired: int
+    def __init__(self, info: _Optional[_Union[_generation_pb2.WorkerInfo, _Mapping]] = ..., layout: _Optional[_Union[KVLayout, _Mapping]] = ..., kv_backends: _Optional[_Iterable[str]] = ..., kv_exports: _Optional[_Mapping[str, int]] = ..., kv_fetches: _Optional[_Mapping[str, int]] = ..., faults_injected: _Optional[_Mapping[str, int]] = ..., leases_expired: _Optional[int] = ...) -> None: ...
 
 class WatchPageEventsRequest(_message.Message):
     __slots__ = ("epoch", "after_seq")

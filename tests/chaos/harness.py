@@ -59,6 +59,7 @@ class ChaosSetup:
     max_route_attempts: int = 3  # one per prefill worker a scenario may kill, plus one
     # Every request takes a prefill leg and a handoff, so both are exercised and fault-able.
     conditional_disaggregation: bool = False
+    max_concurrent_requests: int = 256  # the router's admission bound
 
     def cluster_config(self, model_cache_dir: Path) -> ClusterConfig:
         return ClusterConfig(
@@ -74,6 +75,7 @@ class ChaosSetup:
             mock_decode_s_per_step=self.mock_decode_s_per_step,
             lease_ttl_s=self.lease_ttl_s,
             conditional_disaggregation=self.conditional_disaggregation,
+            max_concurrent_requests=self.max_concurrent_requests,
         )
 
 
@@ -96,24 +98,23 @@ class _ChaosLocalCluster(LocalCluster):
         self._setup = setup
 
     def _router_config(self) -> RouterConfig:
-        return (
-            super()
-            ._router_config()
-            .model_copy(
-                update={
-                    "stats_poll_period_s": self._setup.stats_poll_period_s,
-                    "max_route_attempts": self._setup.max_route_attempts,
-                }
-            )
-        )
+        faster = {
+            "stats_poll_period_s": self._setup.stats_poll_period_s,
+            "max_route_attempts": self._setup.max_route_attempts,
+        }
+        return super()._router_config().model_copy(update=faster)
 
 
 class ChaosCluster:
-    """A started cluster and what was done to it: `signalled` (worker id -> signals sent)."""
+    """A started cluster and what was done to it: `signalled` (worker id -> signals sent).
+
+    Workers are processes on this machine (Ray actors), so signals go straight to their pids.
+    """
 
     def __init__(self, setup: ChaosSetup, model_cache_dir: Path) -> None:
         self.setup = setup
         self.background = BackgroundCluster(setup.cluster_config(model_cache_dir))
+        # Not started yet: swap in the LocalCluster whose router polls and retries faster.
         self.background.cluster = _ChaosLocalCluster(self.background.cluster.config, setup)
         self.signalled: dict[str, list[signal.Signals]] = {}
         self.model: ModelConfig | None = None
@@ -141,11 +142,12 @@ class ChaosCluster:
         return self.identities[worker_id].pid
 
     def is_alive(self, worker_id: str) -> bool:
+        """The worker's process exists and is not a zombie (killed, not yet reaped)."""
         try:
-            os.kill(self.pid(worker_id), 0)
-        except ProcessLookupError:
+            stat = Path(f"/proc/{self.pid(worker_id)}/stat").read_text()
+        except FileNotFoundError:
             return False
-        return True
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows "(comm)"
 
     def live_worker_ids(self) -> list[str]:
         return [wid for wid in self.worker_ids() if self.is_alive(wid)]

@@ -7,7 +7,8 @@ A run, in order:
   2. `run_load` sends them over one grpc.aio channel, C at a time, in index order. Beside
      them each `Action` waits for its trigger (a number of requests started, or seconds
      since the start) and then runs once (a fault, a stats probe …). A request named in
-     `cancel_after_tokens` is cancelled by the client once it has received that many tokens.
+     `cancel_after_tokens` is cancelled by the client once it has received that many tokens;
+     one in `cancel_after_s`, that many seconds after it was sent, if it has not ended.
   3. Each call ends as an `Outcome`: its gRPC status (or OK), the ErrorInfo the router sent,
      the tokens delivered, and whether they equal the reference's prefix. A call that gets
      no terminal status within `hang_timeout_s` is cut off and counted as without one.
@@ -61,6 +62,7 @@ class Outcome:
     prefill_worker_id: str = ""
     decode_worker_id: str = ""
     cancelled_by_client: bool = False
+    tokens_at_cancel: int = -1  # a timed cancel: the tokens the client had then (-1: none)
     started_s: float = 0.0  # since the load began
     ended_s: float = 0.0
 
@@ -127,19 +129,23 @@ async def run_load(
     actions: Sequence[Action] = (),
     cancel_after_tokens: Mapping[int, int] | None = None,
     hang_timeout_s: float = 60.0,
+    cancel_after_s: Mapping[int, float] | None = None,
 ) -> LoadRun:
     """Sends every spec (C at a time) while the actions run; returns once all have ended."""
     run = LoadRun([Outcome(spec.index) for spec in specs])
     pending = iter(specs)
     started = time.monotonic()
     cancels = dict(cancel_after_tokens or {})
+    timed_cancels = dict(cancel_after_s or {})
 
     async def client(stub: generation_pb2_grpc.GenerationStub) -> None:
         for spec in pending:
             run.num_started += 1
             outcome = run.outcomes[spec.index]
             outcome.started_s = time.monotonic() - started
-            call = _call(stub, spec, outcome, cancels.get(spec.index))
+            call = _call(
+                stub, spec, outcome, cancels.get(spec.index), timed_cancels.get(spec.index)
+            )
             try:
                 await asyncio.wait_for(call, hang_timeout_s)
             except TimeoutError:
@@ -166,12 +172,15 @@ async def _call(
     spec: RequestSpec,
     outcome: Outcome,
     cancel_after: int | None,
+    cancel_after_s: float | None = None,
 ) -> None:
     request = pb.GenerateRequest(
         tokens=pb.TokenInput(token_ids=spec.prompt),
         sampling=pb.SamplingParams(max_tokens=spec.max_tokens),
     )
     call = stub.Generate(request)
+    if cancel_after_s is not None:
+        asyncio.get_running_loop().call_later(cancel_after_s, _cancel_unless_done, call, outcome)
     try:
         if cancel_after == 0:
             _cancel(call, outcome)
@@ -199,6 +208,12 @@ async def _call(
 def _cancel(call: grpc.aio.UnaryStreamCall, outcome: Outcome) -> None:
     outcome.cancelled_by_client = True
     call.cancel()
+
+
+def _cancel_unless_done(call: grpc.aio.UnaryStreamCall, outcome: Outcome) -> None:
+    if not call.done():
+        outcome.tokens_at_cancel = len(outcome.tokens)
+        _cancel(call, outcome)
 
 
 def _error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
