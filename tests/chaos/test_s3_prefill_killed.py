@@ -16,18 +16,13 @@ from __future__ import annotations
 import asyncio
 
 from kv_transfer.pages import Role
-from router.config import RouterConfig
 from tests.chaos.harness import ChaosSetup, chaos_cluster, scenario_result
-from tests.chaos.load import Action, Outcome, make_workload, run_load
+from tests.chaos.load import Action, make_workload, run_load
 from tests.chaos.report import record, scaled
 
 NUM_REQUESTS = scaled(full=2000, ci=300)
 CONCURRENCY = 32
 SETUP = ChaosSetup(num_prefill=3, num_decode=2, mock_prefill_s_per_token=0.0005)
-# TEMPORARY, until the router's kv_failure_policy ("recompute") lands: a request handed off
-# before its KV source died may end UNAVAILABLE (KV_TRANSFER_FAILED) after token #1. Once the
-# field exists every request must be OK; then delete this and `handed_off_and_lost`.
-RECOMPUTE_LANDED = "kv_failure_policy" in RouterConfig.model_fields
 
 
 def test_s3_prefill_killed_requests_are_retried_and_succeed(ray_cluster, tiny_dir, model_cache_dir):
@@ -48,16 +43,8 @@ def test_s3_prefill_killed_requests_are_retried_and_succeed(ray_cluster, tiny_di
     result = scenario_result(
         "S3 prefill killed", run.outcomes, leaks, run.seconds, 2, sum(verified)
     )
-    tolerated = [] if RECOMPUTE_LANDED else [o for o in run.failed if handed_off_and_lost(o)]
     result.extra_failures += [
-        f"request {o.index}: {o.status_key} after {len(o.tokens)} tokens"
-        for o in run.failed
-        if o not in tolerated
+        f"request {o.index}: {o.status_key} after {len(o.tokens)} tokens" for o in run.failed
     ]
     record(result)
     assert result.failures() == []
-
-
-def handed_off_and_lost(o: Outcome) -> bool:
-    """TEMPORARY (see RECOMPUTE_LANDED): failed after token #1 because its KV source died."""
-    return o.code == "UNAVAILABLE" and o.reason == "KV_TRANSFER_FAILED" and bool(o.tokens)
