@@ -4,7 +4,7 @@ A real local cluster (2 prefill + 3 decode mock-runner workers); 2,000 requests 
 `make test`) at concurrency 32, half shared-prefix. A third and two thirds of the way in, a
 decode worker that is streaming at that moment is SIGKILLed (two different ones). Must hold:
 every request ends with a status; the only failures are streams on a killed worker, ended
-`UNAVAILABLE` (WORKER_LOST, naming that worker when the router says which) after delivering
+`UNAVAILABLE` (WORKER_LOST, its ErrorInfo naming that worker) after delivering
 a prefix of the reference tokens; every other request is OK and exact; the surviving
 workers hold nothing once quiet, and the dead ones left no KV segment behind.
 """
@@ -53,6 +53,6 @@ def failures_off_the_killed_workers(cluster: ChaosCluster, failed: list[Outcome]
         named = o.metadata.get("worker_id")
         if o.code != "UNAVAILABLE" or not o.matches_reference:
             broken.append(f"request {o.index}: {o.status_key}, exact prefix {o.matches_reference}")
-        elif named is not None and named not in cluster.killed:
-            broken.append(f"request {o.index} failed on {named}, which was not killed")
+        elif named not in cluster.killed:
+            broken.append(f"request {o.index} failed on {named!r}, which was not killed")
     return broken
