@@ -8,24 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from pdserve.v1 import generation_pb2
 from router.events import Completion, FinishReason, StreamEvent, TokenChunk
 from router.registry import WorkerRecord
 from router.tokenizer import ChatMessage
 from router.validation import InputKind, RawRequest, RawSampling
+from router.wire_faults import fault_path
 
 _FINISH_REASONS = {
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
 }
-# GenerateRequest's field numbers -> the field path reported when that field cannot be
-# decoded; a nested message is reported by the string field it holds.
-_FIELD_PATHS = {1: "request_id", 2: "model", 3: "prompt", 4: "chat.messages", 6: "sampling.stop"}
-_NESTED = {4: generation_pb2.ChatInput, 6: generation_pb2.SamplingParams}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,40 +35,7 @@ def decode_generate_request(data: bytes) -> generation_pb2.GenerateRequest | Und
     try:
         return generation_pb2.GenerateRequest.FromString(data)
     except DecodeError:
-        return UndecodableRequest(_undecodable_field(data))
-
-
-def _undecodable_field(data: bytes) -> str:
-    # Parsed as an Empty, every field is an unknown field: no UTF-8 checks, raw bytes kept.
-    fields = empty_pb2.Empty()
-    try:
-        fields.ParseFromString(data)
-    except DecodeError:
-        return "request"  # not protobuf wire format at all
-    for field in UnknownFieldSet(fields):
-        number, data = field.field_number, field.data
-        if number not in _FIELD_PATHS or not isinstance(data, bytes):
-            continue
-        decodes = _parses(_NESTED[number], data) if number in _NESTED else _is_utf8(data)
-        if not decodes:
-            return _FIELD_PATHS[number]
-    return "request"
-
-
-def _parses(message_type: type, data: bytes) -> bool:
-    try:
-        message_type.FromString(data)
-    except DecodeError:
-        return False
-    return True
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+        return UndecodableRequest(fault_path(generation_pb2.GenerateRequest.DESCRIPTOR, data))
 
 
 def raw_request_from_proto(message: generation_pb2.GenerateRequest) -> RawRequest:

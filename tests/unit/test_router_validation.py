@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from router.api_proto import UndecodableRequest, decode_generate_request
 from router.errors import InvalidArgument
 from router.tokenizer import ChatMessage, Tokenizer
 from router.validation import (
@@ -150,3 +151,32 @@ def test_boundary_values_are_accepted(validator):
     validated = validator.validate(request, "a" * 128)
     assert validated.sampling.max_tokens == 32
     assert validated.sampling.stop_strings == ("12345678", "x")
+
+
+# Regressions from the bad-input fuzz (tests/chaos/test_bad_input_fuzz.py): bytes protobuf
+# rejects used to be named "sampling.stop" for any broken sampling field, "chat.messages" for
+# a broken role or content, and "request" for a top-level field cut short.
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        (b"\x1a\x03a\xff\xfe", "prompt"),  # invalid UTF-8
+        (b"\x32\x02\x0d\x00", "sampling.temperature"),  # its fixed32 cut short
+        (b"\x32\x03\x3a\x01\xff", "sampling.stop"),
+        (b"\x2a\x02\x0a\x05", "tokens.token_ids"),  # packed ids cut short
+        (b"\x0a\x05ab", "request_id"),  # 5 bytes declared, 2 sent
+        (
+            b"\x22\x10\x0a\x06\x0a\x04user\x0a\x06\x12\x02\xc3\x28\x0a\x00",
+            "chat.messages[1].content",
+        ),
+        # A second `chat` merges into the first, so its message is the second one.
+        (
+            b"\x22\x06\x0a\x04\x0a\x02hi" + b"\x22\x06\x0a\x04\x0a\x02\xff\xfe",
+            "chat.messages[1].role",
+        ),
+        (b"\x23\x23\x24\x24\x0a\x01\xff", "request_id"),  # groups are kept as unknown fields
+        (b"\x0b" * 50_000, "request_id"),  # groups never closed: no recursion, no crash
+        (b"\xff" * 12, "request"),  # not a tag at all
+    ],
+)
+def test_undecodable_bytes_name_the_field_that_broke(data, field):
+    assert decode_generate_request(data) == UndecodableRequest(field)
