@@ -1,8 +1,8 @@
 """pdserve.v1.Generation, the public API: one servicer over a RouterServer's parts.
 
 Generate, for one request:
-    decode bytes -> RawRequest -> validate (+ tokenize, off the event loop) -> admit into the
-    RequestTable (cap, unique id) -> Orchestrator.run, each event written as it comes ->
+    decode bytes -> RawRequest -> refuse at once if the RequestTable is full -> validate
+    (+ tokenize, off the event loop) -> admit into the RequestTable (cap, unique id) -> Orchestrator.run, each event written as it comes ->
     exactly one terminal status: OK after the Final message, or the error's status, recorded
     once in the request's lifecycle (router/lifecycle.py) and counted with the phase it ended
     in.
@@ -73,6 +73,7 @@ class GenerationServicer:
             raw = api_proto.raw_request_from_proto(request)
             request_id = raw.request_id if is_valid_request_id(raw.request_id) else _new_id()
             clock = RequestClock.start(context.time_remaining())
+            self._router.requests.check_room()  # refuse an overload before any work
             validated = await asyncio.to_thread(self._router.validator.validate, raw, request_id)
             await self._admitted_run(validated, clock, context, lifecycle)
         except RouterError as error:
