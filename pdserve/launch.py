@@ -7,9 +7,8 @@ every worker joins one KV group (ranks 0..n-1 in plan order), all at once → th
 every worker registered, and pdserve.v1.Cluster served beside it (pdserve/scaling.py: Scale
 grows pools through `spawn` and shrinks them by draining, then `stop_worker`). Stop runs the
 same steps backwards (each worker leaves the group as it stops); Ray is shut down only if we
-started it. The router gets `shutdown_grace_s` to let its streams finish. A worker that ends
-on its own (SIGTERM: it drains, then exits) is forgotten within `_EXIT_CHECK_PERIOD_S`, so
-pools and Scale count only live workers.
+started it. The router gets `shutdown_grace_s` to let its streams finish. Meanwhile
+cluster_upkeep.py forgets workers that exited on their own and unlinks dead ones' KV segments.
 
 Worker ids are `prefill-N`, `decode-N`, `both-N`, N counting up per role from 0 and never
 reused, so a worker started by a Scale is always told apart from one that left.
@@ -22,7 +21,6 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -34,10 +32,9 @@ from engine.weights import resolve_model
 from kv_transfer.collective import KVGroupSpec
 from kv_transfer.factory import COLLECTIVE_BACKENDS
 from kv_transfer.pages import Role
-from kv_transfer.shm_segments import sweep_orphan_segments
+from pdserve.cluster_upkeep import ClusterUpkeep, WorkerHandle
 from pdserve.config import ClusterConfig
 from pdserve.scaling import PoolScaler, PoolSizes, cluster_service
-from pdserve.workers import WorkerIdentity
 from prefill_worker.actor import PrefillWorker
 from prefill_worker.config import PrefillWorkerConfig
 from router.config import RouterConfig
@@ -46,16 +43,7 @@ from router.server import RouterServer
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class WorkerHandle:
-    identity: WorkerIdentity
-    actor: ray.actor.ActorHandle
-
-
 _ID_PREFIX = {Role.PREFILL: "prefill", Role.DECODE: "decode", Role.BOTH: "both"}
-_SEGMENT_SWEEP_PERIOD_S = 1.0
-_EXIT_CHECK_PERIOD_S = 2.0
-_EXIT_CHECK_TIMEOUT_S = 10.0
 
 
 class LocalCluster:
@@ -70,8 +58,7 @@ class LocalCluster:
         self.model_dir: Path | None = None
         self._owns_ray = False
         self._next_index = dict.fromkeys(Role, 0)
-        self._segment_sweep: asyncio.Task[None] | None = None
-        self._exit_watch: asyncio.Task[None] | None = None
+        self._upkeep = ClusterUpkeep(self.workers)
 
     @property
     def address(self) -> str:
@@ -95,8 +82,7 @@ class LocalCluster:
         for _, address in started:
             await self.router.add_worker(address)
         await self.router.start()
-        self._segment_sweep = asyncio.create_task(self._sweep_segments(), name="shm-sweep")
-        self._exit_watch = asyncio.create_task(self._watch_exits(), name="worker-exits")
+        self._upkeep.start()
         log.info(
             "pdserve serving %s on %s with %s%s",
             config.model,
@@ -108,11 +94,7 @@ class LocalCluster:
         )
 
     async def stop(self) -> None:
-        if self._segment_sweep is not None:
-            self._segment_sweep.cancel()
-        if self._exit_watch is not None:
-            self._exit_watch.cancel()
-            await asyncio.gather(self._exit_watch, return_exceptions=True)
+        await self._upkeep.stop()
         if self.scaler is not None:
             await self.scaler.close()
         if self.router is not None:
@@ -170,35 +152,6 @@ class LocalCluster:
             log.warning("worker %s did not stop cleanly: %s", worker_id, type(exc).__name__)
         finally:
             ray.kill(handle.actor)
-
-    async def _watch_exits(self) -> None:
-        while True:
-            await asyncio.sleep(_EXIT_CHECK_PERIOD_S)
-            for worker_id in await self._exited():
-                if self.workers.pop(worker_id, None) is not None:
-                    log.info("worker %s exited on its own: forgotten", worker_id)
-
-    async def _exited(self) -> list[str]:
-        """Workers whose actor is dead; one that is slow to answer counts as alive."""
-        handles = list(self.workers.items())
-        replies = await asyncio.gather(
-            *(_answer(h.actor.identity.remote()) for _, h in handles), return_exceptions=True
-        )
-        return [
-            worker_id
-            for (worker_id, _), reply in zip(handles, replies, strict=True)
-            if isinstance(reply, ray.exceptions.RayActorError)
-        ]
-
-    async def _sweep_segments(self) -> None:
-        """A worker killed without closing (SIGKILL, OOM) leaves its shm KV exports in
-        /dev/shm, and nothing else would unlink them before a new worker starts on this node:
-        unlink every segment whose creating process is gone, each period."""
-        while True:
-            await asyncio.sleep(_SEGMENT_SWEEP_PERIOD_S)
-            swept = await asyncio.to_thread(sweep_orphan_segments)
-            if swept:
-                log.info("unlinked %d KV segments of dead workers", swept)
 
     def _serve_cluster_api(self, server) -> None:
         assert self.scaler is not None
@@ -285,10 +238,6 @@ class LocalCluster:
             # topology decides per pair (shm between workers of this node).
             kv_backend=self.config.transport if self._forms_kv_group else None,
         )
-
-
-async def _answer(ref: ray.ObjectRef) -> object:
-    return await asyncio.wait_for(ref, _EXIT_CHECK_TIMEOUT_S)
 
 
 def serve_forever(config: ClusterConfig) -> int:
