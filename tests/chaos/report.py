@@ -109,5 +109,14 @@ def table(results: list[ScenarioResult]) -> str:
 
 
 def write_json(results: list[ScenarioResult], path: Path) -> None:
-    rows = [asdict(r) | {"passed": r.passed, "failures": r.failures()} for r in results]
+    # asdict rebuilds a Counter from (key, value) pairs, counting the pairs: give it plainly.
+    rows = [
+        asdict(r)
+        | {
+            "failed_by_status": dict(r.failed_by_status),
+            "passed": r.passed,
+            "failures": r.failures(),
+        }
+        for r in results
+    ]
     path.write_text(json.dumps(rows, indent=2, default=dict))
