@@ -82,19 +82,22 @@ class DecodeScheduler:
         first_token_id: int,
         handle: KVHandle,
         src_address: str,
+        deadline_s: float,
     ) -> tuple[OutputStream, float]:
-        """Runs steps 1–4; returns the stream and the transfer's seconds.
+        """Runs steps 1–4; returns the stream and the transfer's seconds. Waits for pages and
+        the pull no longer than `page_wait_s` / `transfer_timeout_s`, nor past the caller's
+        `deadline_s` (time.monotonic()).
 
-        Raises IncompatibleHandle, NoPagesForKV, LeaseExpired or TransferError (pages
-        already freed).
+        Raises IncompatibleHandle, NoPagesForKV, LeaseExpired, TransferError (pages already
+        freed) or TimeoutError (the deadline passed while waiting for pages).
         """
         self._check(handle, len(prompt))
         lease = LeaseKeeper(self._peers, handle, src_address)
         try:
             lease.keep_alive()
-            page_ids = self._allocate(len(handle.page_ids), lease.keep_alive)
+            page_ids = self._allocate(len(handle.page_ids), lease.keep_alive, deadline_s)
             with self._peers.pulling_from(handle.transfer_id, src_address):
-                transfer_s = self._fetch(handle, page_ids)
+                transfer_s = self._fetch(handle, page_ids, deadline_s)
         finally:
             trusted = lease.settle()
         if not trusted:
@@ -132,8 +135,10 @@ class DecodeScheduler:
                 f"handle.page_ids: {len(handle.page_ids)} pages for {prompt_len} tokens"
             )
 
-    def _allocate(self, num_pages: int, while_waiting: Callable[[], None]) -> list[int]:
-        deadline = time.monotonic() + self._page_wait_s
+    def _allocate(
+        self, num_pages: int, while_waiting: Callable[[], None], deadline_s: float
+    ) -> list[int]:
+        wait_until = min(time.monotonic() + self._page_wait_s, deadline_s)
         while True:
             page_ids = self._loop.call(
                 lambda core: (
@@ -142,16 +147,19 @@ class DecodeScheduler:
             )
             if page_ids is not None:
                 return page_ids
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= wait_until:
+                if wait_until == deadline_s:
+                    raise TimeoutError(f"the deadline passed waiting for {num_pages} pages")
                 raise NoPagesForKV(f"{num_pages} pages not free within {self._page_wait_s} s")
             while_waiting()
             time.sleep(_PAGE_RETRY_S)
 
-    def _fetch(self, handle: KVHandle, page_ids: list[int]) -> float:
+    def _fetch(self, handle: KVHandle, page_ids: list[int], deadline_s: float) -> float:
         started = time.monotonic()
+        timeout_s = max(min(self._transfer_timeout_s, deadline_s - started), 0.0)
         self._count_fetching(+1)
         try:
-            self._transports.fetch(handle, self._kv_cache, page_ids, self._transfer_timeout_s)
+            self._transports.fetch(handle, self._kv_cache, page_ids, timeout_s)
         except BaseException:
             self._loop.post(lambda core: core.pool.free(page_ids))
             raise

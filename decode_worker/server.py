@@ -54,7 +54,7 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
         request_id = request.request_id
         deadline_s = time.monotonic() + (context.time_remaining() or DEFAULT_TIMEOUT_S)
         context.add_callback(lambda: self._scheduler.abort(request_id))  # no-op once finished
-        stream, transfer_s = self._start(request, context)
+        stream, transfer_s = self._start(request, context, deadline_s)
         try:
             for batch in stream.batches(deadline_s, context.is_active):
                 yield _chunk(batch, transfer_s)
@@ -65,7 +65,7 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
             abort(context, WorkerFailure(Reason.DEADLINE_EXCEEDED, message, request_id))
 
     def _start(
-        self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext
+        self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext, deadline_s: float
     ) -> tuple[OutputStream, float]:
         prompt = list(request.prompt_token_ids)
         sampling = sampling_from_proto(request.sampling)
@@ -80,6 +80,7 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
                 request.first_token_id,
                 handle,
                 request.src_address,
+                deadline_s,
             )
         except (IncompatibleHandle, ValueError) as exc:
             reason, message = Reason.KV_HANDLE_INVALID, str(exc)
@@ -89,6 +90,8 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
             reason, message = Reason.KV_LEASE_EXPIRED, str(exc)
         except TransferError as exc:
             reason, message = Reason.KV_TRANSFER_FAILED, str(exc)
+        except TimeoutError as exc:
+            reason, message = Reason.DEADLINE_EXCEEDED, str(exc)
         abort(context, WorkerFailure(reason, message, request.request_id))
 
     def Abort(self, request: worker_pb2.WorkerAbortRequest, context: grpc.ServicerContext):

@@ -22,6 +22,7 @@ import pytest
 from kv_transfer.pages import Role, page_hashes
 from pdserve.v1 import generation_pb2 as pb
 from router.breaker import BreakerState
+from tests.chaos.report import ScenarioResult, record
 from tests.doubles.mock_worker import SMALL_LAYOUT, MockBehavior, MockWorker
 from tests.doubles.router_cluster import router_cluster
 
@@ -61,6 +62,23 @@ def make_prompt(rng: random.Random, shared: bool) -> list[int]:
     if shared:
         return group_prompt(rng.randrange(GROUPS)) + suffix
     return [rng.randrange(3, 40000) for _ in range(PREFIX_LEN)] + suffix
+
+
+def outage_result(
+    sent: int, tally: Tally, states: list[BreakerState], seconds: float
+) -> ScenarioResult:
+    """The table's row: the outage is verified once the breaker opened and closed again."""
+    verified = BreakerState.OPEN in states and states[-1] is BreakerState.CLOSED
+    result = ScenarioResult(
+        "S9 Redis outage",
+        requests=sent,
+        ok=sent - len(tally.failures),
+        faults_injected=1,
+        faults_verified=int(verified),
+        seconds=seconds,
+    )
+    result.failed_by_status.update(f"error {f.split(':')[0]}" for f in tally.failures)
+    return result
 
 
 async def until(condition) -> None:
@@ -118,7 +136,9 @@ async def test_redis_outage_fails_no_request_and_the_hit_ratio_recovers(
 
         started = time.monotonic()
         await asyncio.gather(fault(), *(client() for _ in range(CONCURRENCY)))
-        assert time.monotonic() - started > OUTAGE_S
+        seconds = time.monotonic() - started
+        assert seconds > OUTAGE_S
+        record(outage_result(sent, tally, states, seconds))
 
         assert tally.failures == []
         assert BreakerState.OPEN in states and states[-1] is BreakerState.CLOSED

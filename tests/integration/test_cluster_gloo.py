@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
+from pdserve.worker_errors import WorkerReason, failure_reason
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import (
     generate_all,
@@ -92,5 +93,5 @@ def test_prefill_through_a_backend_the_worker_lacks_fails_before_any_work(gloo_c
     with channel, pytest.raises(grpc.RpcError) as refused:
         stub.Prefill(request, timeout=10)
     assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "KV_BACKEND_UNAVAILABLE" in refused.value.details()
+    assert failure_reason(refused.value) is WorkerReason.KV_BACKEND_UNAVAILABLE
     wait_until_idle(gloo_cluster)

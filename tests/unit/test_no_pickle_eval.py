@@ -12,8 +12,9 @@ CUDA IPC, gloo/nccl tensors).
 
 The one allowed channel that pickles is Ray's own control plane inside the cluster network:
 the launcher's actor calls (pdserve/launch.py: an actor's construction with its WorkerConfig
-and model path; identity, join_kv_group, drain, stop). No request or KV data crosses it: the
-last test checks that `.remote(...)` is called nowhere else.
+and model path; identity, join_kv_group, drain, stop; pdserve/cluster_upkeep.py: identity, to
+see which actors exited). No request or KV data crosses it: the last test checks that
+`.remote(...)` is called nowhere else.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ PACKAGES = (
 PICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve"}
 EVALUATORS = {"eval", "exec", "compile"}
 SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader"}
-RAY_CALLERS = {Path("pdserve/launch.py")}
+RAY_CALLERS = {Path("pdserve/launch.py"), Path("pdserve/cluster_upkeep.py")}
 
 
 def _sources() -> Iterator[tuple[Path, ast.Module]]:

@@ -41,9 +41,9 @@ BAD = b"\x02\xff\xfe"  # a length-2 string that is not UTF-8
         (b"\x0a" + BAD, "request_id"),  # field 1
         (b"\x12" + BAD, "model"),  # field 2
         (b"\x1a" + BAD, "prompt"),  # field 3
-        (b"\x22\x06\x0a\x04\x0a" + BAD, "chat.messages"),  # chat.messages[0].role
+        (b"\x22\x06\x0a\x04\x0a" + BAD, "chat.messages[0].role"),
         (b"\x32\x04\x3a" + BAD, "sampling.stop"),  # sampling.stop[0]
-        (b"\x1a\x09ab", "request"),  # truncated: not wire format at all
+        (b"\x1a\x09ab", "prompt"),  # field 3 cut short: 9 bytes announced, 2 sent
     ],
 )
 def test_undecodable_bytes_name_the_field_that_failed(data, field):
