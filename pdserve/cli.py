@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from pdserve import auth_flags, client
+from pdserve import auth_flags, cli_output, client
 from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2, generation_pb2_grpc
 from router.config import PolicyName
 
@@ -166,13 +166,13 @@ def _run_generate(args: argparse.Namespace) -> int:
     )
     channel, stub = _connect(args)
     try:
-        completion = _print_stream(stub, request, args.timeout)
+        completion = cli_output.print_stream(stub, request, args.timeout)
     except grpc.RpcError as exc:
         print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     finally:
         channel.close()
-    _print_figures(completion)
+    cli_output.print_figures(completion)
     return 0
 
 
@@ -187,42 +187,6 @@ def _client_security(args: argparse.Namespace) -> auth_flags.ClientSecurity:
         return auth_flags.client_security(args, os.environ)
     except ValueError as exc:
         raise SystemExit(f"pdserve: {exc}") from None
-
-
-def _print_stream(
-    stub, request: generation_pb2.GenerateRequest, timeout_s: float
-) -> client.Completion:
-    completion = client.Completion()
-    for response in stub.Generate(request, timeout=timeout_s):
-        completion.add(response)
-        if response.HasField("chunk"):
-            sys.stdout.write(response.chunk.text)
-            sys.stdout.flush()
-    sys.stdout.write("\n")
-    return completion
-
-
-def _print_figures(completion: client.Completion) -> None:
-    final = completion.final
-    ttft = f"{completion.ttft_s * 1e3:.1f} ms" if completion.ttft_s is not None else "-"
-    tpot = f"{completion.tpot_s * 1e3:.1f} ms" if completion.tpot_s is not None else "-"
-    reason = generation_pb2.FinishReason.Name(final.finish_reason) if final else "-"
-    usage = final.usage if final else None
-    print(
-        f"[ttft {ttft} · tpot {tpot} · {len(completion.token_ids)} tokens · {reason}"
-        + (
-            f" · prompt {usage.prompt_tokens} (cached {usage.cached_prompt_tokens})"
-            if usage
-            else ""
-        )
-        + (
-            f" · {final.prefill_worker_id or final.decode_worker_id} → {final.decode_worker_id}"
-            if final
-            else ""
-        )
-        + "]",
-        file=sys.stderr,
-    )
 
 
 def scale_request(args: argparse.Namespace) -> cluster_pb2.ScaleRequest:
@@ -245,41 +209,8 @@ def _run_scale(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(MessageToDict(response, always_print_fields_with_no_presence=True)))
     else:
-        _print_scale(response)
+        cli_output.print_scale(response)
     return 0
-
-
-def _print_scale(response: cluster_pb2.ScaleResponse) -> None:
-    for worker_id in response.added:
-        print(f"added   {worker_id}")
-    for removed in response.removed:
-        how = "drained" if removed.drained else "NOT drained: stopped at the drain timeout"
-        print(f"removed {removed.worker_id} ({how}, {removed.drain_s:.1f} s)")
-    pools = response.pools
-    print(
-        f"pools: {pools.num_prefill} prefill, {pools.num_decode} decode, "
-        f"{pools.num_colocated} colocated"
-    )
-
-
-# (header, WorkerInfo field): short headers keep the table readable in 80 columns.
-_STATUS_COLUMNS = (
-    ("worker", "worker_id"),
-    ("role", "role"),
-    ("pid", "pid"),
-    ("node", "node"),
-    ("epoch", "epoch"),
-    ("alive", "alive"),
-    ("pages", "pages_in_use"),
-    ("of", "pages_total"),
-    ("held", "request_pages"),
-    ("queue", "queue_len"),
-    ("run", "running"),
-    ("leases", "leases_outstanding"),
-    ("xfer", "transfers_in_flight"),
-    ("ok", "integrity_ok"),
-    ("metrics", "metrics_port"),
-)
 
 
 def _run_status(args: argparse.Namespace) -> int:
@@ -294,30 +225,8 @@ def _run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(MessageToDict(info, always_print_fields_with_no_presence=True), indent=2))
         return 0
-    _print_status_table(info)
+    cli_output.print_status_table(info)
     return 0
-
-
-def _print_status_table(info: generation_pb2.ServerInfo) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"pdserve {info.version} · {info.model} · {info.requests_in_flight} in flight"
-    )
-    for header, _ in _STATUS_COLUMNS:
-        table.add_column(header, no_wrap=True)
-    table.add_column("drain", no_wrap=True)
-    for worker in info.workers:
-        cells = [str(getattr(worker, field)) for _, field in _STATUS_COLUMNS]
-        table.add_row(*cells, _drain_state(worker))
-    Console(width=160).print(table)
-
-
-def _drain_state(worker: generation_pb2.WorkerInfo) -> str:
-    if worker.drained:
-        return "drained"
-    return "draining" if worker.draining else "-"
 
 
 if __name__ == "__main__":

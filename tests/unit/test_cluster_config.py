@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pdserve import cli
+from pdserve import cli, cli_output
 from pdserve.config import ClusterConfig, split_ratio
 from pdserve.v1 import generation_pb2
 from router.config import PolicyName
@@ -153,7 +153,7 @@ def test_status_table_shows_each_workers_drain_state_and_metrics_port(capsys):
             generation_pb2.WorkerInfo(worker_id="decode-0", draining=True, drained=True),
         ]
     )
-    cli._print_status_table(info)
+    cli_output.print_status_table(info)
     rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if "-" in line}
     assert "9101" in rows["prefill-0"] and "draining" not in rows["prefill-0"]
     assert "draining" in rows["prefill-1"]
