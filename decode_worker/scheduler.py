@@ -89,7 +89,7 @@ class DecodeScheduler:
         `deadline_s` (time.monotonic()).
 
         Raises IncompatibleHandle, NoPagesForKV, LeaseExpired, TransferError (pages already
-        freed) or TimeoutError (the deadline passed while waiting for pages).
+        freed) or TimeoutError (the deadline passed before the pull).
         """
         self._check(handle, len(prompt))
         lease = LeaseKeeper(self._peers, handle, src_address)
@@ -156,7 +156,10 @@ class DecodeScheduler:
 
     def _fetch(self, handle: KVHandle, page_ids: list[int], deadline_s: float) -> float:
         started = time.monotonic()
-        timeout_s = max(min(self._transfer_timeout_s, deadline_s - started), 0.0)
+        if started >= deadline_s:
+            self._loop.post(lambda core: core.pool.free(page_ids))
+            raise TimeoutError(f"the deadline passed before the pull of {handle.transfer_id}")
+        timeout_s = min(self._transfer_timeout_s, deadline_s - started)
         self._count_fetching(+1)
         try:
             self._transports.fetch(handle, self._kv_cache, page_ids, timeout_s)

@@ -55,14 +55,21 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
         deadline_s = time.monotonic() + (context.time_remaining() or DEFAULT_TIMEOUT_S)
         context.add_callback(lambda: self._scheduler.abort(request_id))  # no-op once finished
         stream, transfer_s = self._start(request, context, deadline_s)
+        finished = False
         try:
             for batch in stream.batches(deadline_s, context.is_active):
-                yield _chunk(batch, transfer_s)
-                transfer_s = 0.0
+                chunk = _chunk(batch, transfer_s)
+                finished, transfer_s = chunk.finished, 0.0
+                yield chunk
         except StreamTimeout:
-            self._scheduler.abort(request_id)
             message = f"decode of {request_id} timed out"
             abort(context, WorkerFailure(Reason.DEADLINE_EXCEEDED, message, request_id))
+        finally:
+            # However the stream ends unfinished (timeout, the caller gone — even while the
+            # KV was being pulled, before the abort callback could find the request), the
+            # engine lets the request go.
+            if not finished:
+                self._scheduler.abort(request_id)
 
     def _start(
         self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext, deadline_s: float

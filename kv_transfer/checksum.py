@@ -129,8 +129,15 @@ class Integrity:
         CHECKSUM) on a mismatch, before anything was copied."""
         if self.tap is not None:
             buffer = self.tap(transfer_id, buffer)
-        if self.verify:
-            verify_checksum(locator, buffer, transfer_id)
+        if not self.verify:
+            return buffer
+        if locator.sampled_out and self.is_sampled(transfer_id):
+            # The peer's word alone never turns verification off: this worker samples it.
+            raise TransferError(
+                f"{transfer_id}: no checksum for a transfer in this worker's sample",
+                TransferFailure.CHECKSUM,
+            )
+        verify_checksum(locator, buffer, transfer_id)
         return buffer
 
 

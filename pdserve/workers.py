@@ -175,12 +175,9 @@ def start_grpc_server(
     token: SecretStr | None = None,
 ) -> tuple[grpc.Server, int]:
     """Starts a threaded gRPC server; `register(server)` adds the servicers. Returns the bound
-    port. With `tls` it serves only TLS; with `token` every call must carry it. A call beyond
-    `max_workers` running ones is refused RESOURCE_EXHAUSTED at once (the router routes it
-    elsewhere) instead of waiting in the executor's unbounded queue."""
+    port. With `tls` it serves only TLS; with `token` every call must carry it."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        maximum_concurrent_rpcs=max_workers,
         interceptors=[TokenServerInterceptor(token)] if token is not None else None,
         options=[
             *message_size_options(MAX_MESSAGE_BYTES),

@@ -15,12 +15,15 @@ from router.events import Completion, FinishReason, StreamEvent, TokenChunk
 from router.registry import WorkerRecord
 from router.tokenizer import ChatMessage
 from router.validation import InputKind, RawRequest, RawSampling
-from router.wire_faults import fault_path
+from router.wire_faults import TOP_LEVEL, fault_path
 
 _FINISH_REASONS = {
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
     FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
 }
+
+
+FAULT_SEARCH_MAX_BYTES = 256 * 1024  # ~0.1 s of walking at worst
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +34,14 @@ class UndecodableRequest:
 
 
 def decode_generate_request(data: bytes) -> generation_pb2.GenerateRequest | UndecodableRequest:
-    """The Generate handler's request deserializer: never raises."""
+    """The Generate handler's request deserializer: never raises. It runs on the router's
+    event loop, so the pure-Python search for the broken field is done only for messages of
+    up to FAULT_SEARCH_MAX_BYTES; a larger broken one is named `request` as a whole."""
     try:
         return generation_pb2.GenerateRequest.FromString(data)
     except DecodeError:
+        if len(data) > FAULT_SEARCH_MAX_BYTES:
+            return UndecodableRequest(TOP_LEVEL)
         return UndecodableRequest(fault_path(generation_pb2.GenerateRequest.DESCRIPTOR, data))
 
 

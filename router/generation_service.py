@@ -1,8 +1,8 @@
 """pdserve.v1.Generation, the public API: one servicer over a RouterServer's parts.
 
 Generate, for one request:
-    decode bytes -> RawRequest -> refuse at once if the RequestTable is full -> validate
-    (+ tokenize, off the event loop) -> admit into the RequestTable (cap, unique id) -> Orchestrator.run, each event written as it comes ->
+    decode bytes -> RawRequest -> admit into the RequestTable (cap: refused at once when
+    full; unique id) -> validate (+ tokenize, off the event loop) -> Orchestrator.run, each event written as it comes ->
     exactly one terminal status: OK after the Final message, or the error's status, recorded
     once in the request's lifecycle (router/lifecycle.py) and counted with the phase it ended
     in.
@@ -24,7 +24,7 @@ from router import api_proto
 from router.errors import Cancelled, InvalidArgument, RouterError, internal_status, to_status
 from router.events import RequestClock, StreamEvent
 from router.lifecycle import RequestLifecycle
-from router.validation import ValidatedRequest, is_valid_request_id
+from router.validation import RawRequest, is_valid_request_id
 
 if TYPE_CHECKING:
     from router.server import RouterServer
@@ -73,9 +73,7 @@ class GenerationServicer:
             raw = api_proto.raw_request_from_proto(request)
             request_id = raw.request_id if is_valid_request_id(raw.request_id) else _new_id()
             clock = RequestClock.start(context.time_remaining())
-            self._router.requests.check_room()  # refuse an overload before any work
-            validated = await asyncio.to_thread(self._router.validator.validate, raw, request_id)
-            await self._admitted_run(validated, clock, context, lifecycle)
+            await self._admitted_run(raw, request_id, clock, context, lifecycle)
         except RouterError as error:
             return to_status(error, request_id)
         except Exception:  # CancelledError is not an Exception: cancellation passes through
@@ -85,18 +83,23 @@ class GenerationServicer:
 
     async def _admitted_run(
         self,
-        validated: ValidatedRequest,
+        raw: RawRequest,
+        request_id: str,
         clock: RequestClock,
         context: grpc.aio.ServicerContext,
         lifecycle: RequestLifecycle,
     ) -> None:
-        request_id = validated.request_id
+        """Admits the request (an overload is refused here, before any work), validates it
+        off the event loop, then runs it — all inside its slot, so the slots bound the
+        validations waiting for a thread too."""
 
         async def emit(event: StreamEvent) -> None:
             await context.write(api_proto.event_to_proto(request_id, event))
 
         with self._router.requests.admitted(request_id) as entry:
             try:
+                validator = self._router.validator
+                validated = await asyncio.to_thread(validator.validate, raw, request_id)
                 await self._router.orchestrator.run(validated, clock, emit, lifecycle)
             except asyncio.CancelledError:
                 if not entry.abort_requested:

@@ -1,9 +1,10 @@
 """The life of one request in this router, as an explicit state machine.
 
     RECEIVED ──► ROUTING ──► PREFILLING ──► TRANSFERRING ──► DECODING ──► FINISHED
-                    ▲            │                │   ▲
-                    └── retry ───┘                ▼   │
-                                             RECOMPUTING
+                    ▲            │  │             │   ▲           ▲
+                    └── retry ───┘  │             ▼   │           │
+                                    │        RECOMPUTING          │
+                                    └──── colocated: its first token
 
   RECEIVED      decoded; being validated and admitted (no worker called yet)
   ROUTING       a route is being chosen (again, after a worker failed before token #1)

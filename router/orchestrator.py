@@ -45,6 +45,7 @@ from router.policy import (
     PolicyState,
     RouteDecision,
     RouteInput,
+    Toward,
     pick_decode,
     pick_recompute,
     pick_route,
@@ -148,11 +149,11 @@ class Orchestrator:
         replacement = pick_decode(workers, decision.prefill, decision.kv_backend)
         return replacement if replacement is not None else decision.decode
 
-    async def recompute_target(self, failed: str, avoid_preferred: bool) -> WorkerRecord | None:
-        """Where a request whose decode leg could not use its KV is prefilled again: the
-        failed decode worker itself unless `avoid_preferred`, else another (None: nowhere)."""
+    async def recompute_target(self, failed: str, toward: Toward) -> WorkerRecord | None:
+        """Where a request whose decode leg on `failed` could not use its KV is prefilled
+        again (None: nowhere)."""
         workers = self.inflight.overlay(await self._registry.list_workers())
-        return pick_recompute(workers, failed, {failed} if avoid_preferred else set())
+        return pick_recompute(workers, failed, toward)
 
     async def _route(self, request: ValidatedRequest, avoided: set[str]) -> RouteDecision:
         listed = await self._registry.list_workers()

@@ -35,7 +35,7 @@ that prefills locally by its uncached remainder, then queued + running requests.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import xxhash
@@ -166,20 +166,29 @@ def pick_decode(
     return min(decodes, key=_decode_key) if decodes else None
 
 
+class Toward(enum.Enum):
+    """Where a recompute may go, relative to the decode worker whose leg failed."""
+
+    SAME = "same"  # that worker if it is routable (else any other)
+    ANY = "any"  # the least loaded, that worker included
+    OTHER = "other"  # any but that worker
+
+
 def pick_recompute(
-    workers: Sequence[WorkerRecord], preferred: str, avoided: Collection[str]
+    workers: Sequence[WorkerRecord], failed: str, toward: Toward
 ) -> WorkerRecord | None:
-    """Where a request whose handed-off KV was unusable is prefilled again and decoded: the
-    `preferred` worker (the decode worker whose pull failed — it is fine) if it is routable,
-    else the least loaded routable decode or colocated worker not in `avoided`, or None."""
+    """Where a request whose handed-off KV was unusable is prefilled again and decoded: a
+    routable decode or colocated worker chosen by `toward`, or None."""
     candidates = [
         w
         for w in workers
-        if w.role in (Role.DECODE, Role.BOTH) and w.routable and w.worker_id not in avoided
+        if w.role in (Role.DECODE, Role.BOTH)
+        and w.routable
+        and not (toward is Toward.OTHER and w.worker_id == failed)
     ]
-    for worker in candidates:
-        if worker.worker_id == preferred:
-            return worker
+    same = [w for w in candidates if w.worker_id == failed]
+    if toward is Toward.SAME and same:
+        return same[0]
     return min(candidates, key=_colocated_key) if candidates else None
 
 

@@ -15,17 +15,16 @@ fresh generator.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from router.config import KVFailurePolicy
 from router.errors import (
+    ErrorReason,
     KVTransferFailed,
     Overloaded,
     RouterError,
@@ -42,12 +41,13 @@ from router.events import (
     TokenChunk,
     Usage,
 )
+from router.legs import Legs
 from router.lifecycle import Phase, RequestLifecycle
 from router.output import OutputDelta, OutputStream
-from router.policy import RouteDecision
+from router.policy import RouteDecision, Toward
 from router.registry import WorkerRecord
 from router.validation import ValidatedRequest
-from router.worker_client import DecodeUpdate, HandOff, PrefillResult, WorkerClients
+from router.worker_client import DecodeUpdate, HandOff, PrefillResult
 
 if TYPE_CHECKING:
     from router.orchestrator import Orchestrator
@@ -55,33 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Emit = Callable[[StreamEvent], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Legs:
-    """Which worker calls exist for one request, for the wind-down."""
-
-    request_id: str
-    prefill_address: str = ""  # set once Prefill was sent
-    handoff: HandOff | None = None  # a lease pinned on the prefill worker
-    decode_address: str = ""  # set once Decode was sent
-    decode_acked: bool = False  # a chunk came: the decode worker fetched and acked the lease
-    decode_finished: bool = False
-    completed: bool = False  # the Completion was emitted
-
-    async def wind_down(self, clients: WorkerClients, timeout_s: float) -> None:
-        """Best effort: a failed call is logged, never raised (the lease TTL is the backstop)."""
-        calls = []
-        if self.prefill_address and not self.completed:
-            calls.append(clients.abort(self.prefill_address, self.request_id, timeout_s))
-        if self.handoff is not None and not self.decode_acked:
-            transfer_id = self.handoff.handle.transfer_id
-            calls.append(clients.release_lease(self.prefill_address, transfer_id, timeout_s))
-        if self.decode_address and not (self.completed and self.decode_finished):
-            calls.append(clients.abort(self.decode_address, self.request_id, timeout_s))
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                log.info("request %s: wind-down call failed: %s", self.request_id, outcome)
 
 
 class RequestFlow:
@@ -128,7 +101,7 @@ class RequestFlow:
             await self._decode_leg(self._request, self.legs.handoff)
         except (KVTransferFailed, WorkerLost, Overloaded) as error:
             if not self._may_recompute():
-                raise
+                raise self._after_token_1(error) from None
             await self._recompute(error, prefill.first_token_id)
 
     def _may_recompute(self) -> bool:
@@ -138,10 +111,9 @@ class RequestFlow:
 
     async def _recompute(self, error: RouterError, first_token_id: int) -> None:
         failed = self._decision.decode.worker_id
-        kv_only = isinstance(error, KVTransferFailed)  # the decode worker itself is fine
-        target = await self._orchestrator.recompute_target(failed, avoid_preferred=not kv_only)
+        target = await self._orchestrator.recompute_target(failed, _toward(error))
         if target is None:
-            raise error.on(failed) if isinstance(error, WorkerLost | KVTransferFailed) else error
+            raise self._after_token_1(error) from None
         log.info(
             "request %s: %s on %s; recomputing on %s",
             self._request.request_id,
@@ -175,6 +147,14 @@ class RequestFlow:
             )
         except RouterError as failure:
             log.info("request %s: lease release failed: %s", self._request.request_id, failure)
+
+    def _after_token_1(self, error: RouterError) -> RouterError:
+        """What the client is told of a decode leg that failed after it saw token #1: never
+        "retry later" (it would repeat the tokens it has) — a full worker is a lost one."""
+        failed = self._decision.decode.worker_id
+        if isinstance(error, Overloaded):
+            return WorkerLost("the decode worker had no room for the request").on(failed)
+        return error.on(failed) if isinstance(error, WorkerFailed) else error
 
     def _move_decode(self, decode: WorkerRecord) -> None:
         self._decision = dataclasses.replace(self._decision, decode=decode)
@@ -226,7 +206,8 @@ class RequestFlow:
 
     async def _on_update(self, update: DecodeUpdate) -> bool:
         """Relays one decode update; returns True once the request completed."""
-        self._lifecycle.enter(Phase.DECODING)
+        if update.token_ids:
+            self._lifecycle.enter(Phase.DECODING)
         self.legs.decode_acked = True
         self._marks.take_decode(update, colocated=self._decision.is_colocated)
         delta = await self._emit_tokens(update.token_ids, update.finished, update.stop_token_id)
@@ -293,3 +274,14 @@ class RequestFlow:
         if self._output.num_tokens == 0:
             return WorkerUnavailable(message)
         return WorkerLost(f"{message} after {self._output.num_tokens} tokens")
+
+
+def _toward(error: RouterError) -> Toward:
+    """Where a recompute goes after `error`: back to the decode worker when only the pull
+    failed (it is fine), anywhere when the lease ran out (it may have waited for pages, or
+    been paused), elsewhere when the worker failed or was full."""
+    if error.reason is ErrorReason.KV_TRANSFER_FAILED:
+        return Toward.SAME
+    if error.reason is ErrorReason.KV_LEASE_EXPIRED:
+        return Toward.ANY
+    return Toward.OTHER

@@ -34,11 +34,6 @@ class RequestTable:
     def num_in_flight(self) -> int:
         return len(self._entries)
 
-    def check_room(self) -> None:
-        """Raises Overloaded when the table is full: a cheap refusal before validation."""
-        if len(self._entries) >= self._max_in_flight:
-            raise self._overloaded()
-
     @contextmanager
     def admitted(self, request_id: str) -> Iterator[InFlight]:
         """Admits the current task under `request_id` for the duration of the block.
@@ -47,16 +42,16 @@ class RequestTable:
         """
         if request_id in self._entries:
             raise DuplicateRequestId()
-        self.check_room()
+        if len(self._entries) >= self._max_in_flight:
+            raise Overloaded(
+                f"{self._max_in_flight} requests already in flight", self._retry_after_s
+            )
         entry = InFlight(request_id, asyncio.current_task())
         self._entries[request_id] = entry
         try:
             yield entry
         finally:
             del self._entries[request_id]
-
-    def _overloaded(self) -> Overloaded:
-        return Overloaded(f"{self._max_in_flight} requests already in flight", self._retry_after_s)
 
     def abort(self, request_id: str) -> bool:
         """Cancels the request's handler (once). Returns whether the id was in flight."""

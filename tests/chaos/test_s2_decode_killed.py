@@ -51,7 +51,7 @@ def failures_off_the_killed_workers(cluster: ChaosCluster, failed: list[Outcome]
     broken = []
     for o in failed:
         named = o.metadata.get("worker_id")
-        if o.code != "UNAVAILABLE" or not o.matches_reference:
+        if o.code != "UNAVAILABLE" or o.reason != "WORKER_LOST" or not o.matches_reference:
             broken.append(f"request {o.index}: {o.status_key}, exact prefix {o.matches_reference}")
         elif named not in cluster.killed:
             broken.append(f"request {o.index} failed on {named!r}, which was not killed")

@@ -72,3 +72,14 @@ async def test_a_lost_decode_worker_is_named_in_the_error(smollm2_dir):
         info = error_details(error)["ErrorInfo"]
         assert (info.reason, info.metadata["worker_id"]) == ("WORKER_LOST", "d0")
         await assert_quiet(c)
+
+
+@pytest.mark.parametrize("policy", ["fail", "recompute"])
+async def test_a_full_decode_worker_after_token_1_is_lost_not_retry_later(smollm2_dir, policy):
+    full = MockBehavior(num_pages=1)  # no room for any handed-off request
+    async with router_cluster(smollm2_dir, cluster_workers(full), kv_failure_policy=policy) as c:
+        error = await failure(c, request(6))
+        info = error_details(error)["ErrorInfo"]
+        assert error.code() is grpc.StatusCode.UNAVAILABLE  # the client already has token #1
+        assert (info.reason, info.metadata["worker_id"]) == ("WORKER_LOST", "d0")
+        await assert_quiet(c)

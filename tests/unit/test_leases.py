@@ -104,7 +104,10 @@ def test_a_lease_the_source_no_longer_holds_ends_the_wait():
 
 def test_an_unreachable_source_is_waited_on_until_the_lease_expires():
     silent = Peers(renewed=grpc.RpcError())
-    LeaseKeeper(silent, handle(expires_in_s=0.5), "p0:1").keep_alive()  # not yet expired
+    keeper = LeaseKeeper(silent, handle(expires_in_s=30), "p0:1")
+    keeper.expiry_unix_s = time.time() + 1  # due for renewal, not yet expired
+    keeper.keep_alive()
+    assert silent.renewals == 1
     with pytest.raises(LeaseExpired):
         LeaseKeeper(silent, handle(expires_in_s=-1.0), "p0:1").keep_alive()
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from pdserve.v1 import generation_pb2 as pb
-from router.api_proto import UndecodableRequest, decode_generate_request, raw_request_from_proto
+from router.api_proto import (
+    FAULT_SEARCH_MAX_BYTES,
+    UndecodableRequest,
+    decode_generate_request,
+    raw_request_from_proto,
+)
 from router.tokenizer import ChatMessage
 from router.validation import InputKind
 
@@ -49,3 +54,11 @@ BAD = b"\x02\xff\xfe"  # a length-2 string that is not UTF-8
 def test_undecodable_bytes_name_the_field_that_failed(data, field):
     valid_prefix = pb.GenerateRequest(request_id="ok").SerializeToString()
     assert decode_generate_request(valid_prefix + data) == UndecodableRequest(field)
+
+
+def test_a_huge_broken_message_is_named_as_a_whole_without_a_long_search():
+    tokens = pb.GenerateRequest(tokens=pb.TokenInput(token_ids=list(range(200_000))))
+    data = tokens.SerializeToString() + b"\x1a" + BAD  # then a prompt that is not UTF-8
+    assert len(data) > FAULT_SEARCH_MAX_BYTES
+    # the search would name `prompt`; beyond the bound it is not run at all
+    assert decode_generate_request(data) == UndecodableRequest("request")

@@ -12,7 +12,9 @@ from router.policy import (
     PolicyState,
     RouteInput,
     RouteReason,
+    Toward,
     has_route,
+    pick_recompute,
     pick_route,
 )
 from router.registry import WorkerLoad, WorkerRecord
@@ -162,3 +164,12 @@ def test_no_live_worker_raises_no_workers():
         pick_route(workers, RouteInput(100), LEAST_LOAD)
     with pytest.raises(NoWorkers):
         pick_route([], RouteInput(1), LEAST_LOAD)
+
+
+def test_a_recompute_goes_where_its_failure_allows():
+    d0, d1 = make_worker("d0", Role.DECODE), make_worker("d1", Role.DECODE, running=5)
+    workers = [make_worker("p0", Role.PREFILL), d0, d1]
+    assert pick_recompute(workers, "d1", Toward.SAME).worker_id == "d1"  # only the pull failed
+    assert pick_recompute(workers, "d1", Toward.ANY).worker_id == "d0"  # the least loaded
+    assert pick_recompute(workers, "d0", Toward.OTHER).worker_id == "d1"
+    assert pick_recompute([workers[0], d0], "d0", Toward.OTHER) is None
