@@ -57,7 +57,7 @@ class WorkerMonitor:
 
         Raises WorkerUnavailable (or DeadlineExceeded) when it does not answer.
         """
-        record = await self._clients.get_stats(address, self._timeout_s)
+        record = await self._clients.get_stats(address, self._timeout_s, wait_for_ready=True)
         await self._registry.register(record)
         return record
 

@@ -133,9 +133,14 @@ class WorkerClients:
         message = worker_pb2.WorkerAbortRequest(request_id=request_id)
         return (await self._unary(address, "Abort", message, timeout_s)).found
 
-    async def get_stats(self, address: str, timeout_s: float) -> WorkerRecord:
-        """The worker's identity and load, as a record to register or to update from."""
-        reply = await self._unary(address, "GetStats", worker_pb2.GetStatsRequest(), timeout_s)
+    async def get_stats(
+        self, address: str, timeout_s: float, wait_for_ready: bool = False
+    ) -> WorkerRecord:
+        """The worker's identity and load, as a record to register or to update from. With
+        `wait_for_ready` a worker not accepting connections yet is waited for (within
+        `timeout_s`) instead of failing at once: for registering one that is starting."""
+        message = worker_pb2.GetStatsRequest()
+        reply = await self._unary(address, "GetStats", message, timeout_s, wait_for_ready)
         return _parsed(_record_from_stats, reply, address)
 
     async def drain(self, address: str, timeout_s: float) -> bool:
@@ -164,9 +169,17 @@ class WorkerClients:
         for channel in channels:
             await channel.close()
 
-    async def _unary(self, address: str, method: str, message: Any, timeout_s: float) -> Any:
+    async def _unary(
+        self,
+        address: str,
+        method: str,
+        message: Any,
+        timeout_s: float,
+        wait_for_ready: bool = False,
+    ) -> Any:
+        call = getattr(self._stub(address), method)
         try:
-            return await getattr(self._stub(address), method)(message, timeout=timeout_s)
+            return await call(message, timeout=timeout_s, wait_for_ready=wait_for_ready)
         except grpc.aio.AioRpcError as error:
             raise self._translate(error, address) from None
 
