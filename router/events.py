@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from router.errors import DeadlineExceeded
-from router.worker_client import DecodeUpdate
+from router.worker_wire import DecodeUpdate
 
 
 class FinishReason(enum.Enum):

@@ -12,7 +12,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from router.worker_client import HandOff, WorkerClients
+from router.worker_client import WorkerClients
+from router.worker_wire import HandOff
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from router.output import OutputDelta, OutputStream
 from router.policy import RouteDecision, Toward
 from router.registry import WorkerRecord
 from router.validation import ValidatedRequest
-from router.worker_client import DecodeUpdate, HandOff, PrefillResult
+from router.worker_wire import DecodeUpdate, HandOff, PrefillResult
 
 if TYPE_CHECKING:
     from router.orchestrator import Orchestrator

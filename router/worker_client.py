@@ -10,21 +10,19 @@ error text (it may hold internals).
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from pydantic import SecretStr
 
-from kv_transfer.pages import KVHandle, Role, TransportBackend
-from kv_transfer.wire import handle_from_proto, handle_to_proto, layout_from_proto
+from kv_transfer.pages import TransportBackend
 from pdserve.channels import open_aio_channel
 from pdserve.tls import TLSConfig
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
 from pdserve.worker_errors import WorkerReason, failure_reason
+from router import worker_wire as wire
 from router.errors import (
     DeadlineExceeded,
     ErrorReason,
@@ -33,48 +31,13 @@ from router.errors import (
     RouterError,
     WorkerUnavailable,
 )
-from router.prefix_index import EventBatch, IndexEvent
-from router.registry import WorkerLoad, WorkerRecord
+from router.prefix_index import EventBatch
+from router.registry import WorkerRecord
 from router.validation import ValidatedRequest
+from router.worker_wire import DecodeUpdate, HandOff, PrefillResult
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-class WorkerFinish(enum.StrEnum):
-    LENGTH = "length"
-    STOP = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class PrefillResult:
-    first_token_id: int
-    handle: KVHandle | None  # None when token #1 finished the request
-    finished: bool
-    cached_prompt_tokens: int
-    queue_s: float
-    prefill_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeUpdate:
-    token_ids: tuple[int, ...]
-    finished: bool
-    finish_reason: WorkerFinish | None  # set when finished
-    stop_token_id: int | None  # the stop token that finished it
-    kv_transfer_s: float
-    cached_prompt_tokens: int  # colocated only
-    queue_s: float
-    prefill_s: float  # colocated only
-
-
-@dataclass(frozen=True, slots=True)
-class HandOff:
-    """What a disaggregated Decode carries: token #1, its KV and where to ack the lease."""
-
-    first_token_id: int
-    handle: KVHandle
-    src_address: str
 
 
 class WorkerClients:
@@ -103,11 +66,11 @@ class WorkerClients:
         message = worker_pb2.PrefillRequest(
             request_id=request.request_id,
             prompt_token_ids=request.prompt_token_ids,
-            sampling=_sampling_to_proto(request),
+            sampling=wire.sampling_to_proto(request),
             kv_backend=kv_backend.value,
         )
         reply = await self._unary(address, "Prefill", message, timeout_s)
-        return _parsed(_prefill_from_proto, reply, address)
+        return _parsed(wire.prefill_from_proto, reply, address)
 
     async def decode(
         self, address: str, request: ValidatedRequest, timeout_s: float, handoff: HandOff | None
@@ -116,10 +79,10 @@ class WorkerClients:
 
         Closing the iterator early cancels the call.
         """
-        call = self._stub(address).Decode(_decode_to_proto(request, handoff), timeout=timeout_s)
+        call = self._stub(address).Decode(wire.decode_to_proto(request, handoff), timeout=timeout_s)
         try:
             async for chunk in call:
-                yield _parsed(_decode_from_proto, chunk, address)
+                yield _parsed(wire.decode_from_proto, chunk, address)
         except grpc.aio.AioRpcError as error:
             raise self._translate(error, address) from None
         finally:
@@ -141,7 +104,7 @@ class WorkerClients:
         `timeout_s`) instead of failing at once: for registering one that is starting."""
         message = worker_pb2.GetStatsRequest()
         reply = await self._unary(address, "GetStats", message, timeout_s, wait_for_ready)
-        return _parsed(_record_from_stats, reply, address)
+        return _parsed(wire.record_from_stats, reply, address)
 
     async def drain(self, address: str, timeout_s: float) -> bool:
         """Asks the worker to drain; returns whether it is drained already."""
@@ -157,7 +120,7 @@ class WorkerClients:
         call = self._stub(address).WatchPageEvents(request)
         try:
             async for batch in call:
-                yield _batch_from_proto(worker_id, batch)
+                yield wire.batch_from_proto(worker_id, batch)
         except grpc.aio.AioRpcError as error:
             raise self._translate(error, address) from None
         finally:
@@ -226,96 +189,3 @@ def _parsed(convert: Callable[[Any], T], message: Any, address: str) -> T:
     except ValueError:
         log.warning("worker %s sent a malformed %s", address, type(message).__name__)
         raise WorkerUnavailable("a worker sent a malformed reply") from None
-
-
-def _sampling_to_proto(request: ValidatedRequest) -> worker_pb2.WorkerSampling:
-    sampling = request.sampling
-    return worker_pb2.WorkerSampling(
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        seed=sampling.seed or 0,
-        has_seed=sampling.seed is not None,
-        max_tokens=sampling.max_tokens,
-        stop_token_ids=sampling.stop_token_ids,
-        ignore_eos=sampling.ignore_eos,
-    )
-
-
-def _decode_to_proto(
-    request: ValidatedRequest, handoff: HandOff | None
-) -> worker_pb2.DecodeRequest:
-    message = worker_pb2.DecodeRequest(
-        request_id=request.request_id,
-        prompt_token_ids=request.prompt_token_ids,
-        sampling=_sampling_to_proto(request),
-    )
-    if handoff is not None:
-        message.has_first_token = True
-        message.first_token_id = handoff.first_token_id
-        message.handle.CopyFrom(handle_to_proto(handoff.handle))
-        message.src_address = handoff.src_address
-    return message
-
-
-def _prefill_from_proto(reply: worker_pb2.PrefillResponse) -> PrefillResult:
-    return PrefillResult(
-        first_token_id=reply.first_token_id,
-        handle=handle_from_proto(reply.handle) if reply.HasField("handle") else None,
-        finished=reply.finished,
-        cached_prompt_tokens=reply.cached_prompt_tokens,
-        queue_s=reply.queue_s,
-        prefill_s=reply.prefill_s,
-    )
-
-
-def _decode_from_proto(chunk: worker_pb2.DecodeChunk) -> DecodeUpdate:
-    reason = WorkerFinish(chunk.finish_reason) if chunk.finished else None
-    # stop_token_id means something only when a stop ended the stream (-1 = none).
-    is_stop_token = reason is WorkerFinish.STOP and chunk.stop_token_id >= 0
-    return DecodeUpdate(
-        token_ids=tuple(chunk.token_ids),
-        finished=chunk.finished,
-        finish_reason=reason,
-        stop_token_id=chunk.stop_token_id if is_stop_token else None,
-        kv_transfer_s=chunk.kv_transfer_s,
-        cached_prompt_tokens=chunk.cached_prompt_tokens,
-        queue_s=chunk.queue_s,
-        prefill_s=chunk.prefill_s,
-    )
-
-
-def _batch_from_proto(worker_id: str, batch: worker_pb2.PageEventBatch) -> EventBatch:
-    events = tuple(IndexEvent(e.stored, e.page_hash, e.seq) for e in batch.events)
-    return EventBatch(worker_id, batch.epoch, events, batch.last_seq, batch.reset)
-
-
-def _record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
-    """Raises ValueError for an unknown role, backend or an invalid layout."""
-    info = stats.info
-    load = WorkerLoad(
-        queue_len=info.queue_len,
-        running=info.running,
-        pages_in_use=info.pages_in_use,
-        pages_total=info.pages_total,
-        leases_outstanding=info.leases_outstanding,
-        transfers_in_flight=info.transfers_in_flight,
-        request_pages=info.request_pages,
-        integrity_ok=info.integrity_ok,
-        queued_prefill_tokens=info.queued_prefill_tokens,
-        draining=info.draining,
-        drained=info.drained,
-    )
-    return WorkerRecord(
-        worker_id=info.worker_id,
-        role=Role(info.role),
-        address=info.address,
-        epoch=info.epoch,
-        layout=layout_from_proto(stats.layout),
-        node=info.node,
-        pid=info.pid,
-        metrics_port=info.metrics_port,
-        transport=TransportBackend(info.transport),
-        kv_backends=frozenset(TransportBackend(name) for name in stats.kv_backends),
-        load=load,
-    )

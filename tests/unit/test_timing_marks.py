@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from router.events import TimingMarks
-from router.worker_client import DecodeUpdate
+from router.worker_wire import DecodeUpdate
 
 
 def update(prefill_s: float, kv_transfer_s: float = 0.0, cached: int = 0) -> DecodeUpdate:
