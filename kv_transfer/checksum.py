@@ -1,5 +1,6 @@
-"""What every KV transport backend shares: the locator envelope with its checksum, the checks
-that a destination matches what was promised, deadlines, and the source-side export table.
+"""What every KV transport backend shares: the locator envelope with its checksum, and the
+checks that a destination matches what was promised (deadlines, buffers and the source-side
+export table: kv_transfer/exports.py).
 
 A locator is the backend's address of one exported buffer, wrapped in an envelope that also
 carries the buffer's size and (when the source computed one) its xxh3_64 checksum, so the
@@ -17,18 +18,15 @@ read from one is checked before it is used.
 from __future__ import annotations
 
 import struct
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 import xxhash
 
 from kv_transfer.pages import KVHandle, KVLayout
-from kv_transfer.transport import TransferError, TransferFailure, TransferState
+from kv_transfer.transport import TransferError, TransferFailure
 
 _MAGIC = b"PDK1"
 _ENVELOPE = struct.Struct("<4sB3xQQ")
@@ -207,110 +205,3 @@ def check_destination(
         return page_index(dst_page_ids, kv_cache.shape[0])
     except ValueError as exc:
         raise TransferError(f"{handle.transfer_id}: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class Deadline:
-    """A point on the monotonic clock after which a transfer has failed."""
-
-    at_s: float
-
-    @classmethod
-    def after(cls, timeout_s: float) -> Deadline:
-        return cls(time.monotonic() + timeout_s)
-
-    def remaining_s(self) -> float:
-        return self.at_s - time.monotonic()
-
-    def check(self, transfer_id: str) -> None:
-        if self.remaining_s() <= 0:
-            raise TransferError(f"{transfer_id}: deadline passed", TransferFailure.TIMEOUT)
-
-
-class BufferPool:
-    """Idle flat uint8 buffers by capacity (a power of two) and device, at most `max_bytes` of
-    them. Reuse spares the page faults a fresh large allocation pays: ~1.2 GB/s on these VMs,
-    slower than the copy into it."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._idle: dict[tuple[int, str], list[torch.Tensor]] = {}
-        self._idle_bytes = 0
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int, device: torch.device) -> torch.Tensor:
-        """A buffer of at least nbytes, owned by the caller until give_back."""
-        capacity = 1 << max(0, nbytes - 1).bit_length()
-        with self._lock:
-            idle = self._idle.get((capacity, str(device)))
-            if idle:
-                self._idle_bytes -= capacity
-                return idle.pop()
-        return torch.empty(capacity, dtype=torch.uint8, device=device)
-
-    def give_back(self, buffer: torch.Tensor) -> None:
-        with self._lock:
-            if self._idle_bytes + buffer.numel() <= self._max_bytes:
-                self._idle.setdefault((buffer.numel(), str(buffer.device)), []).append(buffer)
-                self._idle_bytes += buffer.numel()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._idle.clear()
-            self._idle_bytes = 0
-
-
-R = TypeVar("R")
-
-
-class ExportTable(Generic[R]):
-    """Source-side transfers exported and not yet released, each with its state and the resource
-    that holds its data. The one owner of that set; safe to use from several threads."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[TransferState, R]] = {}
-        self._lock = threading.Lock()
-
-    def check_new(self, transfer_id: str) -> None:
-        if transfer_id in self._entries:
-            raise ValueError(f"transfer {transfer_id!r} is already exported")
-
-    def add(self, transfer_id: str, resource: R) -> None:
-        with self._lock:
-            self.check_new(transfer_id)
-            self._entries[transfer_id] = (TransferState.PENDING, resource)
-
-    def get(self, transfer_id: str) -> R | None:
-        entry = self._entries.get(transfer_id)
-        return entry[1] if entry else None
-
-    def state(self, transfer_id: str) -> TransferState | None:
-        entry = self._entries.get(transfer_id)
-        return entry[0] if entry else None
-
-    def set_state(self, transfer_id: str, state: TransferState) -> None:
-        with self._lock:
-            if transfer_id in self._entries:
-                self._entries[transfer_id] = (state, self._entries[transfer_id][1])
-
-    def pop(self, transfer_id: str) -> R | None:
-        with self._lock:
-            entry = self._entries.pop(transfer_id, None)
-        return entry[1] if entry else None
-
-    def resources(self) -> list[R]:
-        """A snapshot of the live transfers' resources."""
-        with self._lock:
-            return [resource for _, resource in self._entries.values()]
-
-    def pop_all(self) -> dict[str, R]:
-        with self._lock:
-            popped = {tid: resource for tid, (_, resource) in self._entries.items()}
-            self._entries.clear()
-        return popped
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, transfer_id: str) -> bool:
-        return transfer_id in self._entries

@@ -39,9 +39,6 @@ import torch
 import torch.distributed as dist
 
 from kv_transfer.checksum import (
-    BufferPool,
-    Deadline,
-    ExportTable,
     Integrity,
     Locator,
     check_destination,
@@ -49,6 +46,7 @@ from kv_transfer.checksum import (
     page_index,
     scatter_rows,
 )
+from kv_transfer.exports import BufferPool, Deadline, ExportTable
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferFailure, TransferState
 

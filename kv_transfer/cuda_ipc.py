@@ -26,8 +26,6 @@ import torch
 from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
 
 from kv_transfer.checksum import (
-    Deadline,
-    ExportTable,
     Locator,
     check_destination,
     checksum_if,
@@ -36,6 +34,7 @@ from kv_transfer.checksum import (
     scatter_rows,
     verify_checksum,
 )
+from kv_transfer.exports import Deadline, ExportTable
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferState
 

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 import torch
 
 from kv_transfer.checksum import (
-    Deadline,
-    ExportTable,
     Integrity,
     Locator,
     check_destination,
@@ -22,6 +20,7 @@ from kv_transfer.checksum import (
     page_index,
     scatter_rows,
 )
+from kv_transfer.exports import Deadline, ExportTable
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferState
 

@@ -25,8 +25,6 @@ import numpy as np
 import torch
 
 from kv_transfer.checksum import (
-    Deadline,
-    ExportTable,
     Integrity,
     Locator,
     check_destination,
@@ -34,6 +32,7 @@ from kv_transfer.checksum import (
     page_index,
     page_rows,
 )
+from kv_transfer.exports import Deadline, ExportTable
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.shm_segments import (
     DATA_OFFSET,
