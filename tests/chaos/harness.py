@@ -13,7 +13,7 @@ A scenario, in order:
   3. `cluster.quiesce()` waits (one lease period + slack) until every live worker holds no
      request page, lease or transfer, and its integrity check passes; what is left counts as
      leaked, as do KV segments in /dev/shm left by this cluster's dead workers.
-  4. `scenario_result(...)` folds outcomes, leaks and faults into a report.ScenarioResult;
+  4. `leaks.scenario_result(...)` folds outcomes, leaks and faults into a ScenarioResult;
      the test records it and asserts `result.failures() == []`.
 """
 
@@ -23,9 +23,9 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -38,8 +38,8 @@ from pdserve.launch import BackgroundCluster, LocalCluster
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from pdserve.workers import WorkerIdentity
 from router.config import RouterConfig
-from tests.chaos.load import Outcome
-from tests.chaos.report import ScenarioResult
+from tests.chaos.leaks import Leaks, holds_something, leaks_of
+from tests.chaos.load import Action
 
 _STATS_TIMEOUT_S = 2.0
 _QUIESCE_SLACK_S = 5.0
@@ -79,17 +79,6 @@ class ChaosSetup:
             max_concurrent_requests=self.max_concurrent_requests,
             redis_url=self.redis_url,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Leaks:
-    """What live workers still hold after quiesce, and KV segments of dead ones."""
-
-    pages: int = 0
-    leases: int = 0
-    transfers: int = 0
-    integrity_failures: list[str] = field(default_factory=list)  # worker ids
-    held: dict[str, str] = field(default_factory=dict)  # worker id -> what it still holds
 
 
 class _ChaosLocalCluster(LocalCluster):
@@ -178,6 +167,25 @@ class ChaosCluster:
             await asyncio.sleep(0.01)
         return await self.kill(worker_id)
 
+    def kills_during(
+        self, victims: list[str], num_requests: int
+    ) -> tuple[list[Action], list[bool]]:
+        """Actions that SIGKILL each victim once it is busy, spread evenly over a load of
+        `num_requests`, and the list each kill's verification lands in."""
+        verified: list[bool] = []
+
+        def kill(worker_id: str) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                verified.append(await self.kill_when_busy(worker_id))
+
+            return run
+
+        step = num_requests // (len(victims) + 1)
+        actions = [
+            Action(kill(wid), after_requests=step * (i + 1)) for i, wid in enumerate(victims)
+        ]
+        return actions, verified
+
     @property
     def killed(self) -> list[str]:
         return [wid for wid, sigs in self.signalled.items() if signal.SIGKILL in sigs]
@@ -205,10 +213,10 @@ class ChaosCluster:
         deadline = time.monotonic() + timeout_s
         while True:
             infos = {wid: self._stats_or_none(wid) for wid in self.live_worker_ids()}
-            busy = {wid: info for wid, info in infos.items() if _holds_something(info)}
+            busy = {wid: info for wid, info in infos.items() if holds_something(info)}
             orphans = self.orphan_segments()
             if (not busy and not orphans) or time.monotonic() > deadline:
-                return _leaks(busy, orphans)
+                return leaks_of(busy, orphans)
             time.sleep(0.1)
 
     def orphan_segments(self) -> list[str]:
@@ -235,67 +243,5 @@ def chaos_cluster(setup: ChaosSetup, model_cache_dir: Path) -> Iterator[ChaosClu
         cluster.background.stop()
 
 
-def scenario_result(
-    scenario: str,
-    outcomes: list[Outcome],
-    leaks: Leaks,
-    seconds: float,
-    faults_injected: int = 0,
-    faults_verified: int = 0,
-) -> ScenarioResult:
-    """The pass bar's counts; the scenario adds its own invariants to extra_failures."""
-    result = ScenarioResult(
-        scenario,
-        requests=len(outcomes),
-        leaked_pages=leaks.pages,
-        leaked_leases=leaks.leases,
-        leaked_transfers=leaks.transfers,
-        faults_injected=faults_injected,
-        faults_verified=faults_verified,
-        seconds=seconds,
-    )
-    for outcome in outcomes:
-        if outcome.code is None:
-            result.without_status += 1
-        elif outcome.ok:
-            result.ok += 1
-            result.corrupt_outputs += not outcome.matches_reference
-        else:
-            result.failed_by_status[outcome.status_key] += 1
-            result.unknown_errors += outcome.code == grpc.StatusCode.UNKNOWN.name
-    result.extra_failures += [f"{wid} still holds {held}" for wid, held in leaks.held.items()]
-    return result
-
-
 def _is_busy(info: generation_pb2.WorkerInfo) -> bool:
     return info.running > 0 or info.queue_len > 0
-
-
-def _holds_something(info: generation_pb2.WorkerInfo | None) -> bool:
-    if info is None:
-        return True
-    held = info.request_pages or info.leases_outstanding or info.transfers_in_flight
-    return bool(held) or not info.integrity_ok
-
-
-def _leaks(busy: dict[str, generation_pb2.WorkerInfo | None], orphans: list[str]) -> Leaks:
-    held = {wid: _held(info) for wid, info in busy.items()}
-    if orphans:
-        held["/dev/shm"] = f"{len(orphans)} KV segments of dead workers: {orphans[:4]}"
-    infos = [info for info in busy.values() if info is not None]
-    return Leaks(
-        pages=sum(i.request_pages for i in infos),
-        leases=sum(i.leases_outstanding for i in infos),
-        transfers=sum(i.transfers_in_flight for i in infos) + len(orphans),
-        integrity_failures=[i.worker_id for i in infos if not i.integrity_ok],
-        held=held,
-    )
-
-
-def _held(info: generation_pb2.WorkerInfo | None) -> str:
-    if info is None:
-        return "no answer to GetStats"
-    return (
-        f"pages={info.request_pages} leases={info.leases_outstanding} "
-        f"transfers={info.transfers_in_flight} integrity_ok={info.integrity_ok}"
-    )

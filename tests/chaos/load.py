@@ -194,7 +194,7 @@ async def _call(
         outcome.code = "OK"
     except grpc.aio.AioRpcError as error:
         outcome.code = error.code().name
-        outcome.reason, outcome.metadata = _error_info(error)
+        outcome.reason, outcome.metadata = error_info(error)
     except asyncio.CancelledError:
         if not outcome.cancelled_by_client:
             call.cancel()
@@ -216,7 +216,7 @@ def _cancel_unless_done(call: grpc.aio.UnaryStreamCall, outcome: Outcome) -> Non
         _cancel(call, outcome)
 
 
-def _error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     """ErrorInfo (reason, metadata) from grpc-status-details-bin; ("", {}) when absent."""
     for key, value in error.trailing_metadata() or ():
         if key != "grpc-status-details-bin":

@@ -41,7 +41,8 @@ from kv_transfer.faults import FaultKind, FaultPlan, verify_faults
 from kv_transfer.pages import Role
 from kv_transfer.transport import TransferFailure
 from router.breaker import BreakerState
-from tests.chaos.harness import ChaosCluster, chaos_cluster, scenario_result
+from tests.chaos.harness import ChaosCluster, chaos_cluster
+from tests.chaos.leaks import scenario_result
 from tests.chaos.load import Action, Outcome, make_workload, run_load
 from tests.chaos.report import record, scaled
 from tests.chaos.test_s4_transfer_faults import FaultTally, FaultySetup, worker_stats

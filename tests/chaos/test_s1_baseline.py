@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.chaos.harness import ChaosSetup, chaos_cluster, scenario_result
+from tests.chaos.harness import ChaosSetup, chaos_cluster
+from tests.chaos.leaks import scenario_result
 from tests.chaos.load import make_workload, run_load
 from tests.chaos.report import record, scaled
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 
 from kv_transfer.pages import Role
-from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster, scenario_result
-from tests.chaos.load import Action, Outcome, make_workload, run_load
+from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster
+from tests.chaos.leaks import scenario_result
+from tests.chaos.load import Outcome, make_workload, run_load
 from tests.chaos.report import record, scaled
 
 NUM_REQUESTS = scaled(full=2000, ci=300)
@@ -26,15 +27,7 @@ SETUP = ChaosSetup(num_prefill=2, num_decode=3)
 def test_s2_decode_killed_mid_stream_fails_only_its_streams(ray_cluster, tiny_dir, model_cache_dir):
     with chaos_cluster(SETUP, model_cache_dir) as cluster:
         victims = cluster.worker_ids(Role.DECODE)[:2]
-        verified: list[bool] = []
-
-        async def kill(worker_id: str) -> None:
-            verified.append(await cluster.kill_when_busy(worker_id))
-
-        actions = [
-            Action(lambda: kill(victims[0]), after_requests=NUM_REQUESTS // 3),
-            Action(lambda: kill(victims[1]), after_requests=2 * NUM_REQUESTS // 3),
-        ]
+        actions, verified = cluster.kills_during(victims, NUM_REQUESTS)
         specs = make_workload(NUM_REQUESTS, cluster.vocab_size, cluster.eos_token_ids, seed=2)
         run = asyncio.run(run_load(cluster.address, specs, CONCURRENCY, actions))
         leaks = cluster.quiesce()

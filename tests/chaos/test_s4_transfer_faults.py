@@ -32,7 +32,8 @@ from kv_transfer.faults import FaultKind, FaultPlan, verify_faults
 from kv_transfer.transport import TransferFailure
 from pdserve.config import ClusterConfig
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
-from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster, scenario_result
+from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster
+from tests.chaos.leaks import scenario_result
 from tests.chaos.load import make_workload, run_load
 from tests.chaos.report import record, scaled
 

@@ -20,7 +20,8 @@ import grpc
 
 from kv_transfer.pages import Role
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
-from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster, scenario_result
+from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster
+from tests.chaos.leaks import scenario_result
 from tests.chaos.load import Action, make_workload, run_load
 from tests.chaos.report import record, scaled
 

@@ -19,7 +19,8 @@ import asyncio
 import random
 
 from router.lifecycle import Phase
-from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster, scenario_result
+from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster
+from tests.chaos.leaks import scenario_result
 from tests.chaos.load import LoadRun, RequestSpec, make_workload, run_load
 from tests.chaos.report import record, scaled
 

@@ -23,8 +23,9 @@ import grpc
 
 from pdserve.v1 import generation_pb2 as pb
 from pdserve.v1 import generation_pb2_grpc
-from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster, scenario_result
-from tests.chaos.load import Outcome, RequestSpec, make_workload
+from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster
+from tests.chaos.leaks import scenario_result
+from tests.chaos.load import Outcome, RequestSpec, error_info, make_workload
 from tests.chaos.report import record, scaled
 
 CAP = 16
@@ -86,17 +87,11 @@ async def _timed(stub: generation_pb2_grpc.GenerationStub, spec: RequestSpec) ->
         timed.outcome.code = "OK"
     except grpc.aio.AioRpcError as error:
         timed.outcome.code = error.code().name
-        timed.outcome.reason = _reason(error)
+        timed.outcome.reason = error_info(error)[0]
     timed.end_s = time.monotonic() - started
     expected = spec.reference if timed.outcome.ok else []
     timed.outcome.matches_reference = timed.outcome.tokens == expected
     return timed
-
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    from tests.chaos.load import _error_info  # one parser of ErrorInfo for every scenario
-
-    return _error_info(error)[0]
 
 
 async def overload(

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from kv_transfer.pages import Role
 from pdserve import client
 from pdserve.launch import BackgroundCluster
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from pdserve.workers import WorkerIdentity
+from tests.chaos.load import error_info
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import start_cluster, token_request
 
@@ -102,18 +102,6 @@ def stream(address: str, request: generation_pb2.GenerateRequest, end: StreamEnd
     finally:
         channel.close()
     end.seconds = time.monotonic() - started
-
-
-def error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
-    """ErrorInfo (reason, metadata) from grpc-status-details-bin; ("", {}) when absent."""
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        for packed in status_pb2.Status.FromString(value).details:
-            info = error_details_pb2.ErrorInfo()
-            if packed.Unpack(info):
-                return info.reason, dict(info.metadata)
-    return "", {}
 
 
 def worker_info(identity: WorkerIdentity) -> generation_pb2.WorkerInfo:
