@@ -13,6 +13,7 @@ from decode_worker.streams import OutputStream, StreamEvent, StreamTimeout
 from engine.request import RequestStatus
 from kv_transfer.transport import TransferError
 from kv_transfer.wire import handle_from_proto
+from pdserve.drain import AtCapacity
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
 from pdserve.worker_edge import WorkerEdge
 from pdserve.worker_errors import WorkerFailure, abort
@@ -45,8 +46,11 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
     def Decode(
         self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> Iterator[worker_pb2.DecodeChunk]:
-        with self._edge.gate.serving():
-            yield from self._decode(request, context)
+        try:
+            with self._edge.gate.serving():
+                yield from self._decode(request, context)
+        except AtCapacity as exc:  # raised on entry only: nothing was started
+            abort(context, WorkerFailure(Reason.AT_CAPACITY, str(exc), request.request_id))
 
     def _decode(
         self, request: worker_pb2.DecodeRequest, context: grpc.ServicerContext

@@ -74,6 +74,14 @@ class WorkerConfig(BaseSettings):
         "page pool cannot admit work: health turns NOT_SERVING until it moves again.",
     )
     max_grpc_threads: int = Field(64, ge=4, description="Concurrent internal RPCs.")
+    control_grpc_threads: int = Field(
+        16,
+        ge=2,
+        description="Of max_grpc_threads, how many Prefill/Decode calls never take: they serve "
+        "the control calls (stats, lease acks and renewals, aborts, health, page-event "
+        "streams — one per router). Beyond the rest a Prefill/Decode is refused "
+        "RESOURCE_EXHAUSTED (the router routes it elsewhere) instead of queueing.",
+    )
     internal_tls: TLSConfig | None = Field(
         None,
         description="TLS of the internal edge: this worker's server (cert_file, key_file; "
@@ -85,6 +93,15 @@ class WorkerConfig(BaseSettings):
         description="Bearer token every internal call must carry, and that this worker "
         "sends to its peers; unset = none.",
     )
+
+    @model_validator(mode="after")
+    def _threads_left_for_work(self) -> WorkerConfig:
+        if self.control_grpc_threads >= self.max_grpc_threads:
+            raise ValueError(
+                f"control_grpc_threads: {self.control_grpc_threads} leaves none of "
+                f"max_grpc_threads ({self.max_grpc_threads}) for Prefill/Decode"
+            )
+        return self
 
     @model_validator(mode="after")
     def _holds_its_transport(self) -> WorkerConfig:

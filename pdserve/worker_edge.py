@@ -25,7 +25,11 @@ class WorkerEdge:
     def __init__(self, epoch: int, config: WorkerConfig, holds_nothing: Callable[[], bool]):
         self.epoch = epoch
         self.events = PageEventLog()
-        self.gate = DrainGate(config.drain_quiet_s, holds_nothing)
+        self.gate = DrainGate(
+            config.drain_quiet_s,
+            holds_nothing,
+            max_running=config.max_grpc_threads - config.control_grpc_threads,
+        )
         self.health = WorkerHealth(
             self.gate, self._progress, config.health_period_s, config.wedged_after_s
         )

@@ -9,6 +9,8 @@ message is for logs; the reason is the contract. Torch-free: the router imports 
 | KV_HANDLE_INVALID       | FAILED_PRECONDITION | a handle that does not fit this worker       |
 | KV_BACKEND_UNAVAILABLE  | FAILED_PRECONDITION | a KV backend this worker does not hold       |
 | KV_PAGES_EXHAUSTED      | RESOURCE_EXHAUSTED  | no pages for an arriving KV within its wait  |
+| AT_CAPACITY             | RESOURCE_EXHAUSTED  | as many Prefill/Decode calls as it serves at |
+|                         |                     | once run already (pdserve/drain.py)          |
 | KV_TRANSFER_FAILED      | UNAVAILABLE         | the pull failed as a unit (error, checksum,  |
 |                         |                     | timeout); its pages were freed unused        |
 | KV_LEASE_EXPIRED        | UNAVAILABLE         | the source's lease ended before the pull was |
@@ -37,6 +39,7 @@ class WorkerReason(enum.StrEnum):
     KV_HANDLE_INVALID = "KV_HANDLE_INVALID"
     KV_BACKEND_UNAVAILABLE = "KV_BACKEND_UNAVAILABLE"
     KV_PAGES_EXHAUSTED = "KV_PAGES_EXHAUSTED"
+    AT_CAPACITY = "AT_CAPACITY"
     KV_TRANSFER_FAILED = "KV_TRANSFER_FAILED"
     KV_LEASE_EXPIRED = "KV_LEASE_EXPIRED"
     KV_EXPORT_FAILED = "KV_EXPORT_FAILED"
@@ -49,6 +52,7 @@ _CODES = {
     WorkerReason.KV_HANDLE_INVALID: grpc.StatusCode.FAILED_PRECONDITION,
     WorkerReason.KV_BACKEND_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
     WorkerReason.KV_PAGES_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    WorkerReason.AT_CAPACITY: grpc.StatusCode.RESOURCE_EXHAUSTED,
     WorkerReason.KV_TRANSFER_FAILED: grpc.StatusCode.UNAVAILABLE,
     WorkerReason.KV_LEASE_EXPIRED: grpc.StatusCode.UNAVAILABLE,
     WorkerReason.KV_EXPORT_FAILED: grpc.StatusCode.UNAVAILABLE,

@@ -11,6 +11,7 @@ from kv_transfer.factory import TransportSet, UnavailableBackend
 from kv_transfer.pages import TransportBackend
 from kv_transfer.transport import TransferError
 from kv_transfer.wire import handle_to_proto
+from pdserve.drain import AtCapacity
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
 from pdserve.worker_edge import WorkerEdge
 from pdserve.worker_errors import WorkerFailure, abort
@@ -44,8 +45,11 @@ class PrefillServicer(worker_pb2_grpc.WorkerServicer):
         self._stats = stats
 
     def Prefill(self, request: worker_pb2.PrefillRequest, context: grpc.ServicerContext):
-        with self._edge.gate.serving():
-            return self._prefill(request, context)
+        try:
+            with self._edge.gate.serving():
+                return self._prefill(request, context)
+        except AtCapacity as exc:  # raised on entry only: nothing was started
+            abort(context, WorkerFailure(Reason.AT_CAPACITY, str(exc), request.request_id))
 
     def _prefill(self, request: worker_pb2.PrefillRequest, context: grpc.ServicerContext):
         request_id = request.request_id

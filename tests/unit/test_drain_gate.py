@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pdserve.drain import DrainGate
+import pytest
+from pydantic import ValidationError
+
+from decode_worker.config import DecodeWorkerConfig
+from pdserve.drain import AtCapacity, DrainGate
 
 
 class Clock:
@@ -63,3 +67,20 @@ def test_drain_is_idempotent():
     gate.drain()  # does not restart the quiet period
     clock.now += 0.1
     assert gate.drained
+
+
+def test_beyond_max_running_a_call_is_refused_and_not_counted():
+    gate = DrainGate(quiet_s=0.0, max_running=2)
+    with gate.serving(), gate.serving():
+        with pytest.raises(AtCapacity), gate.serving():
+            pass
+        gate.drain()
+        assert not gate.drained  # the two still run; the refused one was never counted
+    assert gate.drained
+    with gate.serving():  # room again
+        pass
+
+
+def test_a_worker_keeps_threads_for_its_control_calls():
+    with pytest.raises(ValidationError, match="control_grpc_threads"):
+        DecodeWorkerConfig(worker_id="d", max_grpc_threads=8, control_grpc_threads=8)
