@@ -1,4 +1,4 @@
-"""`pdserve` command line: up, generate, status, scale."""
+"""`pdserve` command line: up, generate, status, scale, loadtest."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from loadtest.cli import add_loadtest
 from pdserve import auth_flags, cli_output, client
 from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2, generation_pb2_grpc
 from router.config import PolicyName
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser(
             "scale", help="grow or shrink the pools of a running `pdserve up` (drains workers)"
         )
+    )
+    add_loadtest(
+        commands.add_parser("loadtest", help="send a seeded workload and report latency, goodput")
     )
     return parser
 

@@ -1,0 +1,101 @@
+"""A run's results: the JSON file (every figure, the run's parameters and seed) and the
+terminal summary (a rich table)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from loadtest.metrics import Percentiles, Summary
+from loadtest.runner import LoadPlan
+from loadtest.workloads import WorkloadKind, WorkloadShape
+
+FORMAT_VERSION = 1
+_LATENCIES = ("ttft", "tpot", "itl", "e2e")
+
+
+@dataclass(frozen=True, slots=True)
+class RunParams:
+    """What was run, recorded beside the figures so a result can be reproduced."""
+
+    address: str
+    workload: WorkloadKind
+    shape: WorkloadShape
+    plan: LoadPlan
+
+
+def to_json(params: RunParams, summary: Summary) -> dict[str, Any]:
+    figures = asdict(summary)
+    figures["slo"] = None if summary.slo is None else asdict(summary.slo)
+    document = {
+        "format_version": FORMAT_VERSION,
+        "params": {
+            "address": params.address,
+            "workload": params.workload.value,
+            "shape": asdict(params.shape),
+            "plan": asdict(params.plan),
+            "seed": params.plan.seed,
+        },
+        "results": figures,
+    }
+    return _finite(document)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no Infinity: an infinite rate ("send all at once") is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def write_json(path: Path, params: RunParams, summary: Summary) -> None:
+    path.write_text(json.dumps(to_json(params, summary), indent=2) + "\n")
+
+
+def print_summary(summary: Summary, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(_latency_table(summary))
+    console.print(_totals_table(summary))
+
+
+def _latency_table(summary: Summary) -> Table:
+    table = Table(title="latency (ms)")
+    for column in ("metric", "count", "mean", "p50", "p90", "p99"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name in _LATENCIES:
+        figures: Percentiles = getattr(summary, name)
+        values = (figures.mean, figures.p50, figures.p90, figures.p99)
+        table.add_row(name.upper(), str(figures.count), *(f"{v * 1000:.1f}" for v in values))
+    return table
+
+
+def _totals_table(summary: Summary) -> Table:
+    table = Table(title="throughput and outcomes", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("requests (ok / failed)", f"{summary.num_ok} / {summary.num_failed}"),
+        ("duration", f"{summary.duration_s:.2f} s"),
+        ("request rate", f"{summary.request_rate:.2f} req/s"),
+        ("input tokens/s", f"{summary.input_tokens_per_s:.1f}"),
+        ("output tokens/s", f"{summary.output_tokens_per_s:.1f}"),
+        ("prefix hit ratio", f"{summary.prefix_hit_ratio:.1%}"),
+    ]
+    if summary.slo is not None and summary.goodput is not None:
+        slo = f"ttft ≤ {summary.slo.ttft_s} s, tpot ≤ {summary.slo.tpot_s} s"
+        rows.append((f"goodput ({slo})", f"{summary.goodput:.2f} req/s"))
+        rows.append(("SLO attainment", f"{summary.slo_attainment:.1%}"))
+    rows += [(f"status {key}", str(count)) for key, count in sorted(summary.by_reason.items())]
+    for row in rows:
+        table.add_row(*row)
+    return table
