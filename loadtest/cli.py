@@ -77,7 +77,7 @@ def _slo(text: str) -> Slo:
     try:
         return Slo.parse(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--slo: ")) from None
 
 
 def workload_shape(args: argparse.Namespace) -> WorkloadShape:
