@@ -2,6 +2,7 @@
 
     pdserve loadtest --workload shared-prefix --rate 8 --num-requests 200 \
         --slo ttft=0.5,tpot=0.05 --out result.json
+    pdserve loadtest --rates 1,2,4,8 --slo ttft=0.5,tpot=0.05 --out sweep.json  # + sweep.png
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from rich.progress import Progress, TextColumn
-
+from loadtest import figures, sweep
+from loadtest.live import run_plans
 from loadtest.metrics import Slo, summarize
 from loadtest.report import RunParams, print_summary, write_json
-from loadtest.runner import LoadPlan, LoadResult, RequestRecord, run_load
+from loadtest.runner import LoadPlan
 from loadtest.workloads import (
     LengthDist,
     LoadRequest,
@@ -28,8 +29,6 @@ from loadtest.workloads import (
     make_requests,
 )
 from pdserve import auth_flags, client
-from pdserve.channels import open_aio_channel
-from pdserve.v1 import generation_pb2_grpc
 
 DEFAULT_NUM_REQUESTS = 100
 
@@ -43,6 +42,9 @@ def add_loadtest(parser: argparse.ArgumentParser) -> None:
     arrivals = parser.add_mutually_exclusive_group(required=True)
     arrivals.add_argument("--rate", type=float, help="open loop: requests/s (inf: all at once)")
     arrivals.add_argument("--concurrency", type=int, help="closed loop: requests in flight")
+    arrivals.add_argument(
+        "--rates", type=_rates, help="open-loop sweep: one run per rate, e.g. 1,2,4"
+    )
     parser.add_argument(
         "--burstiness", type=float, default=1.0, help="open loop: 1 Poisson, <1 steady, >1 bursty"
     )
@@ -56,6 +58,7 @@ def add_loadtest(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo", type=_slo, help="goodput objective, e.g. ttft=0.5,tpot=0.05")
     parser.add_argument("--timeout", type=float, default=300.0, help="per-request deadline (s)")
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
+    parser.add_argument("--png", type=Path, help="the figure (default: --out's path, .png)")
     auth_flags.add_client_flags(parser)
     parser.set_defaults(run=run_loadtest)
 
@@ -80,6 +83,19 @@ def _slo(text: str) -> Slo:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--slo: ")) from None
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return sweep.parse_rates(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--rates: ")) from None
+
+
+def png_path(args: argparse.Namespace) -> Path | None:
+    if args.png is not None:
+        return args.png
+    return None if args.out is None else args.out.with_suffix(".png")
+
+
 def workload_shape(args: argparse.Namespace) -> WorkloadShape:
     if args.workload is WorkloadKind.SHARED_PREFIX:
         return SharedPrefixShape(
@@ -100,7 +116,7 @@ def workload_shape(args: argparse.Namespace) -> WorkloadShape:
 def load_plan(args: argparse.Namespace, num_available: int) -> LoadPlan:
     """Raises ValueError naming the flag at fault."""
     return LoadPlan(
-        rate=args.rate,
+        rate=args.rates[0] if args.rates else args.rate,
         concurrency=args.concurrency,
         burstiness=args.burstiness,
         num_requests=args.num_requests or num_available,
@@ -119,30 +135,35 @@ def run_loadtest(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pdserve loadtest: {exc}", file=sys.stderr)
         return 2
-    result = asyncio.run(_run(args.address, security, requests, plan))
+    params = RunParams(args.address, args.workload, shape, plan)
+    if args.rates:
+        return _run_sweep(args, security, requests, params)
+    [result] = asyncio.run(run_plans(args.address, security, requests, [plan]))
     summary = summarize(result.records, result.duration_s, args.slo)
     print_summary(summary)
     if args.out is not None:
-        write_json(args.out, RunParams(args.address, args.workload, shape, plan), summary)
+        write_json(args.out, params, summary)
         print(f"wrote {args.out}")
+    if (png := png_path(args)) is not None:
+        figures.write_run_figure(png, result.records)
+        print(f"wrote {png}")
     return 0 if summary.num_ok else 1
 
 
-async def _run(
-    address: str,
+def _run_sweep(
+    args: argparse.Namespace,
     security: auth_flags.ClientSecurity,
     requests: list[LoadRequest],
-    plan: LoadPlan,
-) -> LoadResult:
-    channel = open_aio_channel(address, security.tls, security.token, client.MAX_MESSAGE_BYTES)
-    columns = (*Progress.get_default_columns(), TextColumn("{task.fields[failed]} failed"))
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task("requests", total=min(plan.num_requests, len(requests)), failed=0)
-
-        def on_end(record: RequestRecord) -> None:
-            failed = progress.tasks[0].fields["failed"] + (not record.ok)
-            progress.update(task, advance=1, failed=failed)
-
-        async with channel:
-            stub = generation_pb2_grpc.GenerationStub(channel)
-            return await run_load(stub, requests, plan, on_end)
+    params: RunParams,
+) -> int:
+    plans = sweep.sweep_plans(params.plan, args.rates)
+    results = asyncio.run(run_plans(args.address, security, requests, plans))
+    points = sweep.assemble(args.rates, results, args.slo)
+    sweep.print_sweep_table(points)
+    if args.out is not None:
+        sweep.write_sweep_json(args.out, params, points)
+        print(f"wrote {args.out}")
+    if (png := png_path(args)) is not None:
+        figures.write_sweep_figure(png, points)
+        print(f"wrote {png}")
+    return 0 if all(p.summary.num_ok for p in points) else 1

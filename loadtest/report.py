@@ -31,30 +31,38 @@ class RunParams:
 
 
 def to_json(params: RunParams, summary: Summary) -> dict[str, Any]:
-    figures = asdict(summary)
-    figures["slo"] = None if summary.slo is None else asdict(summary.slo)
     document = {
         "format_version": FORMAT_VERSION,
-        "params": {
-            "address": params.address,
-            "workload": params.workload.value,
-            "shape": asdict(params.shape),
-            "plan": asdict(params.plan),
-            "seed": params.plan.seed,
-        },
-        "results": figures,
+        "params": params_json(params),
+        "results": results_json(summary),
     }
-    return _finite(document)
+    return finite(document)
 
 
-def _finite(value: Any) -> Any:
+def params_json(params: RunParams) -> dict[str, Any]:
+    return {
+        "address": params.address,
+        "workload": params.workload.value,
+        "shape": asdict(params.shape),
+        "plan": asdict(params.plan),
+        "seed": params.plan.seed,
+    }
+
+
+def results_json(summary: Summary) -> dict[str, Any]:
+    figures = asdict(summary)
+    figures["slo"] = None if summary.slo is None else asdict(summary.slo)
+    return figures
+
+
+def finite(value: Any) -> Any:
     """JSON has no Infinity: an infinite rate ("send all at once") is written as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: finite(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [finite(item) for item in value]
     return value
 
 

@@ -93,3 +93,23 @@ async def test_pdserve_loadtest_runs_as_a_user_would_and_writes_its_json(
     assert document["params"]["plan"]["concurrency"] == 2
     assert document["results"]["by_status"] == {"OK": 6}
     assert document["results"]["slo"] == {"ttft_s": 5.0, "tpot_s": 1.0}
+
+
+async def test_a_rate_sweep_writes_one_entry_per_rate_and_its_figure(
+    smollm2_dir: Path, tmp_path: Path
+):
+    """`--rates 50,200`: the same 20 prompts sent once per rate; the PNG lands beside the JSON."""
+    out = tmp_path / "sweep.json"
+    async with router_cluster(smollm2_dir, workers()) as cluster:
+        argv = ["loadtest", "--address", f"127.0.0.1:{cluster.router.port}"]
+        argv += ["--input-len", "16:32", "--output-len", "4", "--num-requests", "20"]
+        argv += ["--rates", "50,200", "--seed", "3", "--slo", "ttft=5,tpot=1", "--out", str(out)]
+        assert await asyncio.to_thread(main, argv) == 0
+    document = json.loads(out.read_text())
+    assert document["params"]["rates"] == [50.0, 200.0]
+    assert [entry["rate"] for entry in document["sweep"]] == [50.0, 200.0]
+    for entry in document["sweep"]:
+        assert set(entry["results"]) == set(FIGURES)
+        assert entry["results"]["by_status"] == {"OK": 20}
+        assert entry["results"]["goodput"] == pytest.approx(entry["results"]["request_rate"])
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

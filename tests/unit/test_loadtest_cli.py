@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from loadtest.cli import load_plan, workload_shape
+from loadtest.cli import load_plan, png_path, workload_shape
 from loadtest.metrics import Slo
 from loadtest.workloads import LengthDist, MultiTurnShape, RandomShape
 from pdserve.cli import _parser
@@ -34,9 +36,23 @@ def test_a_multi_turn_run_sends_every_turn_unless_capped():
         (["--rate", "1", "--slo", "ttft=1,tbt=2"], "'tbt'"),
         (["--rate", "1", "--input-len", "9:3"], "'9:3'"),
         (["--rate", "1", "--concurrency", "2"], "not allowed with argument"),
+        (["--rates", "1,-2"], "'-2'"),
+        (["--rates", "1,2", "--rate", "1"], "not allowed with argument"),
     ],
 )
 def test_bad_flags_exit_naming_the_fault(flags, named, capsys):
     with pytest.raises(SystemExit):
         parse(*flags)
     assert named in capsys.readouterr().err
+
+
+def test_a_sweep_plans_at_its_first_rate_and_keeps_every_rate():
+    args = parse("--rates", "2,1,4", "--seed", "3")
+    assert args.rates == (2.0, 1.0, 4.0)
+    assert (load_plan(args, num_available=100).rate, args.rate) == (2.0, None)
+
+
+def test_the_figure_goes_beside_the_json_unless_named():
+    assert png_path(parse("--rate", "1", "--out", "runs/a.json")) == Path("runs/a.png")
+    assert png_path(parse("--rate", "1", "--out", "a.json", "--png", "b.png")) == Path("b.png")
+    assert png_path(parse("--rate", "1")) is None
