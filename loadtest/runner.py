@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from loadtest.workloads import LoadRequest
+from pdserve.client import error_info
 from pdserve.v1 import generation_pb2 as pb
 from pdserve.v1 import generation_pb2_grpc
 
@@ -198,7 +198,7 @@ async def send(
         record.code = OK
     except grpc.aio.AioRpcError as error:
         record.code = error.code().name
-        record.reason = error_reason(error)
+        record.reason = error_info(error)[0]
     record.end_s = time.perf_counter() - started
 
 
@@ -214,15 +214,3 @@ def _observe(record: RequestRecord, response: pb.GenerateResponse, now_s: float)
         record.first_token_s = now_s
     record.chunk_times_s.append(now_s)
     record.num_output_tokens += len(response.chunk.token_ids)
-
-
-def error_reason(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason in grpc-status-details-bin; "" when absent."""
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        for packed in status_pb2.Status.FromString(value).details:
-            info = error_details_pb2.ErrorInfo()
-            if packed.Unpack(info):
-                return info.reason
-    return ""

@@ -172,8 +172,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     try:
         completion = cli_output.print_stream(stub, request, args.timeout)
     except grpc.RpcError as exc:
-        print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        sys.stdout.write("\n")  # end the text streamed so far
+        return _failed(exc)
     finally:
         channel.close()
     cli_output.print_figures(completion)
@@ -206,8 +206,7 @@ def _run_scale(args: argparse.Namespace) -> int:
         stub = cluster_pb2_grpc.ClusterStub(channel)
         response = stub.Scale(scale_request(args), timeout=args.timeout)
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        return _failed(exc)
     finally:
         channel.close()
     if args.json:
@@ -222,8 +221,7 @@ def _run_status(args: argparse.Namespace) -> int:
     try:
         info = stub.GetServerInfo(generation_pb2.GetServerInfoRequest(), timeout=10)
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        return _failed(exc)
     finally:
         channel.close()
     if args.json:
@@ -231,6 +229,16 @@ def _run_status(args: argparse.Namespace) -> int:
         return 0
     cli_output.print_status_table(info)
     return 0
+
+
+def _failed(error: grpc.RpcError) -> int:
+    """Reports a failed call (code, reason, message) on stderr; the command's exit code."""
+    reason = client.error_info(error)[0]
+    print(
+        f"error: {error.code().name}{f' ({reason})' if reason else ''}: {error.details()}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from pydantic import SecretStr
 
 from pdserve.channels import open_channel
@@ -83,3 +84,16 @@ def connect(
 ) -> tuple[grpc.Channel, generation_pb2_grpc.GenerationStub]:
     channel = open_public_channel(address, tls, token)
     return channel, generation_pb2_grpc.GenerationStub(channel)
+
+
+def error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo (reason, metadata: request_id, field, worker_id…) of a failed call, from
+    its grpc-status-details-bin trailer; ("", {}) when it carries none."""
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        for packed in status_pb2.Status.FromString(value).details:
+            info = error_details_pb2.ErrorInfo()
+            if packed.Unpack(info):
+                return info.reason, dict(info.metadata)
+    return "", {}

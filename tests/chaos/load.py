@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from engine.mock_runner import mock_reference_tokens
+from pdserve.client import error_info
 from pdserve.v1 import generation_pb2 as pb
 from pdserve.v1 import generation_pb2_grpc
 
@@ -214,18 +214,6 @@ def _cancel_unless_done(call: grpc.aio.UnaryStreamCall, outcome: Outcome) -> Non
     if not call.done():
         outcome.tokens_at_cancel = len(outcome.tokens)
         _cancel(call, outcome)
-
-
-def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
-    """ErrorInfo (reason, metadata) from grpc-status-details-bin; ("", {}) when absent."""
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        for packed in status_pb2.Status.FromString(value).details:
-            info = error_details_pb2.ErrorInfo()
-            if packed.Unpack(info):
-                return info.reason, dict(info.metadata)
-    return "", {}
 
 
 def _tokens(rng: random.Random, length: int) -> list[int]:

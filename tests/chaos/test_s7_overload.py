@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from pdserve.client import error_info
 from pdserve.v1 import generation_pb2 as pb
 from pdserve.v1 import generation_pb2_grpc
 from tests.chaos.harness import ChaosCluster, ChaosSetup, chaos_cluster
 from tests.chaos.leaks import scenario_result
-from tests.chaos.load import Outcome, RequestSpec, error_info, make_workload
+from tests.chaos.load import Outcome, RequestSpec, make_workload
 from tests.chaos.report import record, scaled
 
 CAP = 16

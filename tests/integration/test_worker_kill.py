@@ -34,10 +34,10 @@ import pytest
 
 from kv_transfer.pages import Role
 from pdserve import client
+from pdserve.client import error_info
 from pdserve.launch import BackgroundCluster
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from pdserve.workers import WorkerIdentity
-from tests.chaos.load import error_info
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import start_cluster, token_request
 
