@@ -3,24 +3,24 @@
     pdserve loadtest --workload shared-prefix --rate 8 --num-requests 200 \
         --slo ttft=0.5,tpot=0.05 --out result.json
     pdserve loadtest --rates 1,2,4,8 --slo ttft=0.5,tpot=0.05 --out sweep.json  # + sweep.png
+    pdserve loadtest --ratios 1:1,2:1,1:2 --colocated 1 --rates 1,2,4 --model tiny \
+        --slo ttft=0.5,tpot=0.05 --out arms.json    # one local cluster per arm, in turn
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
 
-from loadtest import figures, sweep
-from loadtest.live import run_plans
-from loadtest.metrics import Slo, summarize
-from loadtest.report import RunParams, print_summary, write_json
+from loadtest import arms, figures, sweep
+from loadtest.clusters import ClusterShape, ClusterStartError, parse_ratios
+from loadtest.metrics import Slo, Summary
+from loadtest.report import RunParams, write_json
 from loadtest.runner import LoadPlan
 from loadtest.workloads import (
     LengthDist,
-    LoadRequest,
     MultiTurnShape,
     RandomShape,
     SharedPrefixShape,
@@ -31,14 +31,23 @@ from loadtest.workloads import (
 from pdserve import auth_flags, client
 
 DEFAULT_NUM_REQUESTS = 100
+DEFAULT_THREADS_PER_WORKER = 1
+_CLUSTER_FLAGS = {
+    "model": "--model",
+    "dtype": "--dtype",
+    "threads_per_worker": "--threads-per-worker",
+    "cluster_config": "--cluster-config",
+    "colocated_threads": "--colocated-threads",
+}  # dest → flag: each configures loadtest's own clusters, so needs --ratios or --colocated
 
 
 def add_loadtest(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
+    parser.add_argument("--address", help=f"the cluster to load (default {client.DEFAULT_ADDRESS})")
     parser.add_argument(
         "--workload", type=WorkloadKind, choices=list(WorkloadKind), default=WorkloadKind.RANDOM
     )
     _add_workload_sizes(parser)
+    _add_arms(parser)
     arrivals = parser.add_mutually_exclusive_group(required=True)
     arrivals.add_argument("--rate", type=float, help="open loop: requests/s (inf: all at once)")
     arrivals.add_argument("--concurrency", type=int, help="closed loop: requests in flight")
@@ -74,6 +83,55 @@ def _add_workload_sizes(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument("--question-len", type=length, default="32", help="per prompt or turn")
     sizes.add_argument("--num-conversations", type=int, default=8, help="multi-turn")
     sizes.add_argument("--num-turns", type=int, default=4, help="multi-turn")
+
+
+def _add_arms(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "arms: one fresh local `pdserve up` per cluster shape, run in turn (not with --address)"
+    )
+    group.add_argument(
+        "--ratios", type=_ratios, metavar="P:D,…", help="one xPyD arm each, e.g. 1:1,2:1,1:2"
+    )
+    group.add_argument(
+        "--colocated", type=_at_least_one, metavar="N", help="an arm of N workers of role both"
+    )
+    group.add_argument(
+        "--colocated-threads",
+        type=_at_least_one,
+        metavar="T",
+        help="torch threads per colocated worker (default: the first ratio's cores, shared)",
+    )
+    group.add_argument("--model", help="alias (smollm2-135m, tiny), HF directory or .gguf file")
+    group.add_argument("--dtype", choices=["float32", "bfloat16"])
+    group.add_argument(
+        "--threads-per-worker",
+        type=_at_least_one,
+        metavar="T",
+        help=f"torch threads per prefill/decode worker (default {DEFAULT_THREADS_PER_WORKER})",
+    )
+    group.add_argument(
+        "--cluster-config",
+        type=Path,
+        metavar="PATH",
+        help="YAML of cluster settings (pdserve up --config)",
+    )
+
+
+def _ratios(text: str) -> tuple[ClusterShape, ...]:
+    try:
+        return parse_ratios(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--ratios: ")) from None
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _slo(text: str) -> Slo:
@@ -126,8 +184,48 @@ def load_plan(args: argparse.Namespace, num_available: int) -> LoadPlan:
     )
 
 
+def arms_spec(args: argparse.Namespace) -> arms.ArmsSpec | None:
+    """The arms of --ratios/--colocated, or None for a run against --address. Raises
+    ValueError naming a flag that does not fit the other flags given."""
+    if args.ratios is None and args.colocated is None:
+        given = [flag for dest, flag in _CLUSTER_FLAGS.items() if getattr(args, dest) is not None]
+        if given:
+            raise ValueError(
+                f"{given[0]} needs --ratios or --colocated (it sets up their clusters)"
+            )
+        return None
+    if args.address is not None:
+        raise ValueError(
+            "--address cannot be combined with --ratios/--colocated, which start their own clusters"
+        )
+    if args.colocated_threads is not None and args.colocated is None:
+        raise ValueError("--colocated-threads needs --colocated")
+    if args.cluster_config is not None and not args.cluster_config.is_file():
+        raise ValueError(f"--cluster-config: no such file {str(args.cluster_config)!r}")
+    shapes = arms.arm_shapes(
+        args.ratios or (),
+        args.colocated,
+        args.threads_per_worker or DEFAULT_THREADS_PER_WORKER,
+        args.colocated_threads,
+    )
+    return arms.ArmsSpec(shapes, cluster_up_flags(args))
+
+
+def cluster_up_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The `pdserve up` flags every arm's cluster gets besides its shape's."""
+    flags = []
+    if args.model is not None:
+        flags.append(f"--model={args.model}")
+    if args.dtype is not None:
+        flags.append(f"--dtype={args.dtype}")
+    if args.cluster_config is not None:
+        flags.append(f"--config={args.cluster_config}")
+    return tuple(flags)
+
+
 def run_loadtest(args: argparse.Namespace) -> int:
     try:
+        spec = arms_spec(args)
         security = auth_flags.client_security(args, os.environ)
         shape = workload_shape(args)
         requests = make_requests(shape, args.seed)
@@ -135,35 +233,53 @@ def run_loadtest(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pdserve loadtest: {exc}", file=sys.stderr)
         return 2
-    params = RunParams(args.address, args.workload, shape, plan)
-    if args.rates:
-        return _run_sweep(args, security, requests, params)
-    [result] = asyncio.run(run_plans(args.address, security, requests, [plan]))
-    summary = summarize(result.records, result.duration_s, args.slo)
-    print_summary(summary)
+    plans = sweep.sweep_plans(plan, args.rates) if args.rates else [plan]
+    measurement = arms.Measurement(security, requests, plans, args.rates, args.slo)
+    if spec is not None:
+        return _run_arms(args, RunParams(None, args.workload, shape, plan), spec, measurement)
+    address = args.address or client.DEFAULT_ADDRESS
+    measured = measurement.run(address)
+    arms.print_measured(measured)
+    _write_reports(args, RunParams(address, args.workload, shape, plan), measured)
+    return _exit_code(measured.summaries)
+
+
+def _write_reports(args: argparse.Namespace, params: RunParams, measured: arms.Measured) -> None:
     if args.out is not None:
-        write_json(args.out, params, summary)
+        if measured.summary is None:
+            sweep.write_sweep_json(args.out, params, measured.points)
+        else:
+            write_json(args.out, params, measured.summary)
         print(f"wrote {args.out}")
     if (png := png_path(args)) is not None:
-        figures.write_run_figure(png, result.records)
+        if measured.summary is None:
+            figures.write_sweep_figure(png, measured.points)
+        else:
+            figures.write_run_figure(png, measured.records)
         print(f"wrote {png}")
-    return 0 if summary.num_ok else 1
 
 
-def _run_sweep(
+def _run_arms(
     args: argparse.Namespace,
-    security: auth_flags.ClientSecurity,
-    requests: list[LoadRequest],
     params: RunParams,
+    spec: arms.ArmsSpec,
+    measurement: arms.Measurement,
 ) -> int:
-    plans = sweep.sweep_plans(params.plan, args.rates)
-    results = asyncio.run(run_plans(args.address, security, requests, plans))
-    points = sweep.assemble(args.rates, results, args.slo)
-    sweep.print_sweep_table(points)
+    try:
+        results = arms.run_arms(spec, measurement.run)
+    except ClusterStartError as exc:
+        print(f"pdserve loadtest: {exc}", file=sys.stderr)
+        return 1
+    arms.print_comparison(results)
     if args.out is not None:
-        sweep.write_sweep_json(args.out, params, points)
+        arms.write_arms_json(args.out, params, spec, results, args.rates)
         print(f"wrote {args.out}")
     if (png := png_path(args)) is not None:
-        figures.write_sweep_figure(png, points)
+        arms.write_figure(png, results)
         print(f"wrote {png}")
-    return 0 if all(p.summary.num_ok for p in points) else 1
+    return _exit_code([s for result in results for s in result.measured.summaries])
+
+
+def _exit_code(summaries: list[Summary]) -> int:
+    """0 when every run had a request served, else 1."""
+    return 0 if all(summary.num_ok for summary in summaries) else 1

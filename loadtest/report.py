@@ -1,10 +1,11 @@
 """A run's results: the JSON file (every figure, the run's parameters and seed) and the
-terminal summary (a rich table)."""
+terminal summary (rich tables); with arms (`--ratios/--colocated`), one row per arm."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ _LATENCIES = ("ttft", "tpot", "itl", "e2e")
 class RunParams:
     """What was run, recorded beside the figures so a result can be reproduced."""
 
-    address: str
+    address: str | None  # None: each arm's own cluster (--ratios/--colocated)
     workload: WorkloadKind
     shape: WorkloadShape
     plan: LoadPlan
@@ -107,3 +108,42 @@ def _totals_table(summary: Summary) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def print_arms_table(summaries: Mapping[str, Summary], console: Console | None = None) -> None:
+    """The figures an A/B of cluster shapes is decided on, one column per arm (named)."""
+    table = Table(title="arms compared")
+    table.add_column("figure")
+    for name in summaries:
+        table.add_column(name, justify="right", no_wrap=True)
+    rows = [_arm_rows(summary) for summary in summaries.values()]
+    for label, *cells in zip(_ARM_FIGURES, *rows, strict=True):
+        table.add_row(label, *cells)
+    (console or Console()).print(table)
+
+
+_ARM_FIGURES = (
+    "achieved (req/s)", "goodput (req/s)", "SLO attainment", "TTFT p50 (ms)", "TTFT p90 (ms)",
+    "TPOT p50 (ms)", "TPOT p90 (ms)", "output tokens/s", "ok / failed",
+)  # fmt: skip
+
+
+def _arm_rows(summary: Summary) -> list[str]:
+    """One arm's cells, in the order of _ARM_FIGURES."""
+    goodput, attainment = goodput_cells(summary)
+    latencies_s = (summary.ttft.p50, summary.ttft.p90, summary.tpot.p50, summary.tpot.p90)
+    return [
+        f"{summary.request_rate:.2f}",
+        goodput,
+        attainment,
+        *(f"{value * 1000:.1f}" for value in latencies_s),
+        f"{summary.output_tokens_per_s:.1f}",
+        f"{summary.num_ok} / {summary.num_failed}",
+    ]
+
+
+def goodput_cells(summary: Summary) -> tuple[str, str]:
+    """Goodput (req/s) and SLO attainment as table cells; "-" each without an SLO."""
+    goodput = "-" if summary.goodput is None else f"{summary.goodput:.2f}"
+    attainment = "-" if summary.slo_attainment is None else f"{summary.slo_attainment:.1%}"
+    return goodput, attainment

@@ -5,7 +5,9 @@ another against the same address, and the goodput-vs-rate curve those runs make.
   2. `sweep_plans`   the base plan with its rate replaced, once per rate
   3. (the runs)      `live.run_plans`, in the order given
   4. `assemble`      one `RatePoint` (offered rate + summary) per run
-  5. reports         JSON `sweep: [...]`, the sweep figure, a one-line-per-rate table
+  5. reports         JSON `sweep: [...]`, the sweep figure, a one-line-per-rate table; with
+                     arms (`--ratios`), one row per arm: goodput per rate and the highest
+                     rate meeting the SLO for 90 % of requests
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,17 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest.metrics import Slo, Summary, summarize
-from loadtest.report import FORMAT_VERSION, RunParams, finite, params_json, results_json
+from loadtest.report import (
+    FORMAT_VERSION,
+    RunParams,
+    finite,
+    goodput_cells,
+    params_json,
+    results_json,
+)
 from loadtest.runner import LoadPlan, LoadResult
+
+SLO_ATTAINMENT_TARGET = 0.9  # DistServe's: 90 % of requests within the SLO
 
 
 def parse_rates(text: str) -> tuple[float, ...]:
@@ -72,9 +83,20 @@ def sweep_json(params: RunParams, points: Sequence[RatePoint]) -> dict[str, Any]
     document = {
         "format_version": FORMAT_VERSION,
         "params": params_json(params) | {"rates": [p.rate for p in points]},
-        "sweep": [{"rate": p.rate, "results": results_json(p.summary)} for p in points],
+        "sweep": sweep_entries(points),
     }
     return finite(document)
+
+
+def sweep_entries(points: Sequence[RatePoint]) -> list[dict[str, Any]]:
+    return [{"rate": p.rate, "results": results_json(p.summary)} for p in points]
+
+
+def max_rate_meeting_slo(points: Sequence[RatePoint]) -> float | None:
+    """DistServe's goodput: the highest offered rate at which at least 90 % of the requests
+    sent met the SLO; None without an SLO, or when no rate did."""
+    met = [p.rate for p in points if (p.summary.slo_attainment or 0.0) >= SLO_ATTAINMENT_TARGET]
+    return max(met, default=None)
 
 
 def write_sweep_json(path: Path, params: RunParams, points: Sequence[RatePoint]) -> None:
@@ -92,8 +114,7 @@ def print_sweep_table(points: Sequence[RatePoint], console: Console | None = Non
 
 
 def _sweep_row(rate: float, summary: Summary) -> list[str]:
-    goodput = "-" if summary.goodput is None else f"{summary.goodput:.2f}"
-    attainment = "-" if summary.slo_attainment is None else f"{summary.slo_attainment:.1%}"
+    goodput, attainment = goodput_cells(summary)
     latencies_s = (summary.ttft.p50, summary.ttft.p90, summary.tpot.p90, summary.e2e.p90)
     return [
         f"{rate:g}",
@@ -103,3 +124,26 @@ def _sweep_row(rate: float, summary: Summary) -> list[str]:
         f"{summary.num_ok}/{summary.num_failed}",
         *(f"{value * 1000:.1f}" for value in latencies_s),
     ]
+
+
+def print_arms_sweep_table(
+    points_by_arm: Mapping[str, Sequence[RatePoint]], console: Console | None = None
+) -> None:
+    """One column per arm: its goodput at each offered rate (the achieved rate without an
+    SLO), then the highest rate at which 90 % of requests met the SLO."""
+    first = next(iter(points_by_arm.values()), ())
+    has_slo = all(p.summary.goodput is not None for p in first)
+    figure = "goodput" if has_slo else "achieved rate"
+    table = Table(title=f"arms: {figure} by offered rate (req/s)")
+    table.add_column("offered")
+    for name in points_by_arm:
+        table.add_column(name, justify="right", no_wrap=True)
+    for i, point in enumerate(first):
+        summaries = [points[i].summary for points in points_by_arm.values()]
+        values = [s.goodput if has_slo else s.request_rate for s in summaries]
+        table.add_row(f"{point.rate:g}", *(f"{value:.2f}" for value in values))
+    capacities = [max_rate_meeting_slo(points) for points in points_by_arm.values()]
+    cells = ("-" if rate is None else f"{rate:g}" for rate in capacities)
+    table.add_section()
+    table.add_row("max rate, ≥ 90 % SLO", *cells)
+    (console or Console()).print(table)
