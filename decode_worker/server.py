@@ -59,11 +59,13 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
         deadline_s = time.monotonic() + (context.time_remaining() or DEFAULT_TIMEOUT_S)
         context.add_callback(lambda: self._scheduler.abort(request_id))  # no-op once finished
         stream, transfer_s = self._start(request, context, deadline_s)
-        finished = False
+        finished, first = False, True
         try:
             for batch in stream.batches(deadline_s, context.is_active):
-                chunk = _chunk(batch, transfer_s)
-                finished, transfer_s = chunk.finished, 0.0
+                chunk = _chunk(batch)
+                if first:  # once per stream, on the first chunk
+                    chunk.kv_transfer_s, chunk.first_step_s = transfer_s, batch[0].step_s
+                finished, first = chunk.finished, False
                 yield chunk
         except StreamTimeout:
             message = f"decode of {request_id} timed out"
@@ -119,7 +121,7 @@ class DecodeServicer(worker_pb2_grpc.WorkerServicer):
         return self._edge.drain()
 
 
-def _chunk(batch: list[StreamEvent], transfer_s: float) -> worker_pb2.DecodeChunk:
+def _chunk(batch: list[StreamEvent]) -> worker_pb2.DecodeChunk:
     last = batch[-1]
     finished = last.status.is_finished
     return worker_pb2.DecodeChunk(
@@ -127,7 +129,6 @@ def _chunk(batch: list[StreamEvent], transfer_s: float) -> worker_pb2.DecodeChun
         finished=finished,
         finish_reason=_FINISH_REASONS.get(last.status, "") if finished else "",
         stop_token_id=last.stop_token_id if last.stop_token_id is not None else -1,
-        kv_transfer_s=transfer_s,
         cached_prompt_tokens=last.num_cached_tokens,
         queue_s=last.queue_s,
         prefill_s=last.prefill_s,

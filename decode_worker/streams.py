@@ -23,6 +23,7 @@ class StreamEvent:
     num_cached_tokens: int
     queue_s: float
     prefill_s: float
+    step_s: float  # the engine step that made these tokens
 
     @classmethod
     def of(cls, output: RequestOutput) -> StreamEvent:
@@ -35,6 +36,7 @@ class StreamEvent:
             num_cached_tokens=req.num_cached_tokens,
             queue_s=started - req.arrival_s,
             prefill_s=time.monotonic() - started,
+            step_s=output.step_s,
         )
 
 

@@ -8,6 +8,7 @@ complete → append tokens, apply stop conditions, finish. Not thread-safe: exac
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,6 +40,7 @@ class RequestOutput:
     new_token_ids: list[int]
     # FINISHED_HANDOFF only: page references that now belong to the caller.
     handoff_page_ids: list[int]
+    step_s: float = 0.0  # the step that made it: schedule, forward and sampling
 
     @property
     def finished(self) -> bool:
@@ -92,6 +94,7 @@ class EngineCore:
         return [RequestOutput(req, [], []) for req in reqs]
 
     def step(self) -> list[RequestOutput]:
+        started = time.monotonic()
         plan = self.scheduler.schedule()
         if plan.is_empty:
             return []
@@ -99,7 +102,11 @@ class EngineCore:
         self.num_steps += 1
         for seq in plan.seqs:
             self.scheduler.on_computed(seq)
-        return self._sample_and_update(plan.seqs, logits)
+        outputs = self._sample_and_update(plan.seqs, logits)
+        step_s = time.monotonic() - started
+        for output in outputs:
+            output.step_s = step_s
+        return outputs
 
     def _build_batch(self, seqs: list[ScheduledSeq]) -> ForwardBatch:
         page_size = self.pool.page_size

@@ -44,6 +44,7 @@ class PrefillResult:
     num_cached_tokens: int
     queue_s: float
     prefill_s: float
+    first_token_unix_s: float  # this host's wall clock when token #1 was sampled
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +84,10 @@ class PrefillScheduler:
         UnavailableBackend before any work when this worker does not hold `kv_backend`."""
         backend = self._transports.resolve(kv_backend)
         req = Request(request_id, prompt, sampling, handoff_after_prefill=True)
-        done: Future[RequestOutput] = Future()
-        self._loop.submit(req, done.set_result)
+        done: Future[tuple[RequestOutput, float]] = Future()
+        self._loop.submit(req, lambda output: done.set_result((output, time.time())))
         try:
-            output = done.result(timeout_s)
+            output, sampled_unix_s = done.result(timeout_s)
         except TimeoutError:
             self.abort(request_id)
             raise
@@ -102,6 +103,7 @@ class PrefillScheduler:
             num_cached_tokens=req.num_cached_tokens,
             queue_s=started - req.arrival_s,
             prefill_s=time.monotonic() - started,
+            first_token_unix_s=sampled_unix_s,
         )
 
     def abort(self, request_id: str) -> None:

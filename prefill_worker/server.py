@@ -83,6 +83,7 @@ class PrefillServicer(worker_pb2_grpc.WorkerServicer):
             cached_prompt_tokens=result.num_cached_tokens,
             queue_s=result.queue_s,
             prefill_s=result.prefill_s,
+            first_token_unix_s=result.first_token_unix_s,
         )
 
     def SendKV(self, request: worker_pb2.SendKVRequest, context: grpc.ServicerContext):

@@ -1,5 +1,6 @@
 """What a request's stream carries inside the router (server.py turns these into protobuf),
-and the clock and timing marks of one request. All times are `time.monotonic()` seconds.
+and the clock and timing marks of one request. All times are `time.monotonic()` seconds but
+the `_unix_s` ones, which are wall clocks (time.time()) compared across processes.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from router.errors import DeadlineExceeded
-from router.worker_wire import DecodeUpdate
+from router.worker_wire import DecodeUpdate, PrefillResult
 
 
 class FinishReason(enum.Enum):
@@ -37,6 +38,10 @@ class Timing:
     kv_transfer_s: float
     ttft_s: float
     e2e_s: float
+    # Disaggregated only (0 otherwise): see generation.proto's Timing.
+    first_token_unix_s: float = 0.0
+    decode_step_s: float = 0.0
+    handover_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +89,14 @@ class TimingMarks:
     kv_transfer_s: float = 0.0
     cached_tokens: int = 0
     decode_updates: int = 0
+    first_token_unix_s: float = 0.0  # handed off: when the prefill worker sampled token #1
+    decode_step_s: float = 0.0
+    handover_s: float = 0.0
 
-    def take_prefill(self, queue_s: float, prefill_s: float, cached_tokens: int) -> None:
-        self.worker_queue_s, self.prefill_s, self.cached_tokens = queue_s, prefill_s, cached_tokens
+    def take_prefill(self, result: PrefillResult) -> None:
+        self.worker_queue_s, self.prefill_s = result.queue_s, result.prefill_s
+        self.cached_tokens = result.cached_prompt_tokens
+        self.first_token_unix_s = result.first_token_unix_s
 
     def take_decode(self, update: DecodeUpdate, colocated: bool) -> None:
         """The first update carries the leg's figures: the KV transfer and, colocated, the
@@ -95,6 +105,10 @@ class TimingMarks:
         if self.decode_updates > 1:
             return
         self.kv_transfer_s = update.kv_transfer_s
+        if not colocated and self.first_token_unix_s > 0:
+            # Token #1 sampled → token #2 here, less the step that made token #2.
+            self.decode_step_s = update.first_step_s
+            self.handover_s = time.time() - self.first_token_unix_s - update.first_step_s
         if colocated:
             self.worker_queue_s = update.queue_s
             self.prefill_s = update.prefill_s
@@ -110,4 +124,7 @@ class TimingMarks:
             kv_transfer_s=self.kv_transfer_s,
             ttft_s=first_token_s - received_s,
             e2e_s=now - received_s,
+            first_token_unix_s=self.first_token_unix_s,
+            decode_step_s=self.decode_step_s,
+            handover_s=self.handover_s,
         )

@@ -10,6 +10,10 @@ Per completed request (`observe_completion`, from the Final message's Usage and 
     pdserve_kv_transfer_time_seconds        histogram  prefill -> decode KV move, as the router
                                                        saw it; colocated requests (0) are not
                                                        observed
+    pdserve_kv_handover_seconds             histogram  token #1 sampled on the prefill worker
+                                                       -> token #2 at the router, less the
+                                                       decode step that made it (Timing's
+                                                       handover_s); disaggregated only
     pdserve_prompt_tokens_total             counter    prompt tokens
     pdserve_generation_tokens_total         counter    completion tokens
     pdserve_prefix_cache_queries_total      counter    prompt tokens looked up in a prefix cache
@@ -92,6 +96,8 @@ class RouterMetrics(MetricsExporter):
             self._tpot.observe(decode_s / (usage.completion_tokens - 1))
         if timing.kv_transfer_s > 0:
             self._kv_transfer.observe(timing.kv_transfer_s)
+        if timing.first_token_unix_s > 0 and usage.completion_tokens >= 2:
+            self._handover.observe(max(timing.handover_s, 0.0))
         self._prompt_tokens.inc(usage.prompt_tokens)
         self._generation_tokens.inc(usage.completion_tokens)
         self._cache_queries.inc(usage.prompt_tokens)
@@ -157,6 +163,12 @@ class RouterMetrics(MetricsExporter):
         self._kv_transfer = histogram(
             "pdserve_kv_transfer_time_seconds",
             "Router-observed KV transfer time of a disaggregated request.",
+            KV_TRANSFER_BUCKETS_S,
+        )
+        self._handover = histogram(
+            "pdserve_kv_handover_seconds",
+            "Token #1 sampled on the prefill worker until token #2 reached the router, less "
+            "the decode step that made it.",
             KV_TRANSFER_BUCKETS_S,
         )
 

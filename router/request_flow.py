@@ -181,7 +181,7 @@ class RequestFlow:
             self.legs.handoff = HandOff(
                 result.first_token_id, result.handle, prefill_worker.address
             )
-        self._marks.take_prefill(result.queue_s, result.prefill_s, result.cached_prompt_tokens)
+        self._marks.take_prefill(result)
         return result
 
     async def _decode_leg(self, request: ValidatedRequest, handoff: HandOff | None) -> None:

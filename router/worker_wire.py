@@ -29,6 +29,7 @@ class PrefillResult:
     cached_prompt_tokens: int
     queue_s: float
     prefill_s: float
+    first_token_unix_s: float  # the prefill worker's wall clock when it sampled token #1
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class DecodeUpdate:
     cached_prompt_tokens: int  # colocated only
     queue_s: float
     prefill_s: float  # colocated only
+    first_step_s: float = 0.0  # first update: the engine step that made its tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ def prefill_from_proto(reply: worker_pb2.PrefillResponse) -> PrefillResult:
         cached_prompt_tokens=reply.cached_prompt_tokens,
         queue_s=reply.queue_s,
         prefill_s=reply.prefill_s,
+        first_token_unix_s=reply.first_token_unix_s,
     )
 
 
@@ -104,6 +107,7 @@ def decode_from_proto(chunk: worker_pb2.DecodeChunk) -> DecodeUpdate:
         cached_prompt_tokens=chunk.cached_prompt_tokens,
         queue_s=chunk.queue_s,
         prefill_s=chunk.prefill_s,
+        first_step_s=chunk.first_step_s,
     )
 
 

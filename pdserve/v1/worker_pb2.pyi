@@ -78,20 +78,22 @@ class PrefillRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[WorkerSampling, _Mapping]] = ..., kv_backend: _Optional[str] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
-    __slots__ = ("first_token_id", "handle", "finished", "cached_prompt_tokens", "queue_s", "prefill_s")
+    __slots__ = ("first_token_id", "handle", "finished", "cached_prompt_tokens", "queue_s", "prefill_s", "first_token_unix_s")
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_S_FIELD_NUMBER: _ClassVar[int]
     PREFILL_S_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     first_token_id: int
     handle: KVHandle
     finished: bool
     cached_prompt_tokens: int
     queue_s: float
     prefill_s: float
-    def __init__(self, first_token_id: _Optional[int] = ..., handle: _Optional[_Union[KVHandle, _Mapping]] = ..., finished: _Optional[bool] = ..., cached_prompt_tokens: _Optional[int] = ..., queue_s: _Optional[float] = ..., prefill_s: _Optional[float] = ...) -> None: ...
+    first_token_unix_s: float
+    def __init__(self, first_token_id: _Optional[int] = ..., handle: _Optional[_Union[KVHandle, _Mapping]] = ..., finished: _Optional[bool] = ..., cached_prompt_tokens: _Optional[int] = ..., queue_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., first_token_unix_s: _Optional[float] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "has_first_token", "first_token_id", "handle", "src_address")
@@ -112,7 +114,7 @@ class DecodeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[WorkerSampling, _Mapping]] = ..., has_first_token: _Optional[bool] = ..., first_token_id: _Optional[int] = ..., handle: _Optional[_Union[KVHandle, _Mapping]] = ..., src_address: _Optional[str] = ...) -> None: ...
 
 class DecodeChunk(_message.Message):
-    __slots__ = ("token_ids", "finished", "finish_reason", "stop_token_id", "kv_transfer_s", "cached_prompt_tokens", "queue_s", "prefill_s")
+    __slots__ = ("token_ids", "finished", "finish_reason", "stop_token_id", "kv_transfer_s", "cached_prompt_tokens", "queue_s", "prefill_s", "first_step_s")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +123,7 @@ class DecodeChunk(_message.Message):
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_S_FIELD_NUMBER: _ClassVar[int]
     PREFILL_S_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STEP_S_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finished: bool
     finish_reason: str
@@ -129,7 +132,8 @@ class DecodeChunk(_message.Message):
     cached_prompt_tokens: int
     queue_s: float
     prefill_s: float
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., stop_token_id: _Optional[int] = ..., kv_transfer_s: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ..., queue_s: _Optional[float] = ..., prefill_s: _Optional[float] = ...) -> None: ...
+    first_step_s: float
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., finished: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., stop_token_id: _Optional[int] = ..., kv_transfer_s: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ..., queue_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., first_step_s: _Optional[float] = ...) -> None: ...
 
 class ReleaseLeaseRequest(_message.Message):
     __slots__ = ("transfer_id",)

@@ -114,6 +114,21 @@ def test_seeded_sampling_is_the_same_disaggregated_and_colocated(disaggregated, 
     assert len({tuple(tokens) for tokens in split}) == 6
 
 
+def test_final_timing_splits_a_handoff_into_transfer_decode_step_and_handover(
+    disaggregated, colocated, prompts
+):
+    request = token_request(prompts[-1], 4, ignore_eos=True)
+    [split] = generate_all(disaggregated.address, [request])
+    [together] = generate_all(colocated.address, [request])
+    timing = split.final.timing
+    assert timing.first_token_unix_s <= time.time()
+    assert 0 < timing.decode_step_s < timing.e2e_s
+    # Token #1 → token #2 spans at least the KV transfer, less nothing else of the step.
+    assert timing.kv_transfer_s <= timing.handover_s < timing.e2e_s
+    colocated_timing = together.final.timing
+    assert (colocated_timing.first_token_unix_s, colocated_timing.handover_s) == (0, 0)
+
+
 def test_cancelled_stream_leaves_no_pages_behind(disaggregated, prompts):
     channel, stub = client.connect(disaggregated.address)
     responses = stub.Generate(token_request(prompts[-1], 1500, ignore_eos=True))

@@ -3,6 +3,7 @@ adds, read back from the text exposition a scrape gets."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import urllib.error
@@ -80,6 +81,15 @@ def test_only_requests_that_moved_kv_observe_a_transfer_time(metrics):
     metrics.observe_completion(make_usage(), make_timing(kv_transfer_s=0.003))
     assert value(metrics, "pdserve_kv_transfer_time_seconds_count") == 1
     assert value(metrics, "pdserve_kv_transfer_time_seconds_sum") == pytest.approx(0.003)
+
+
+def test_only_handed_off_requests_of_two_tokens_observe_a_handover(metrics):
+    handed_off = dataclasses.replace(make_timing(), first_token_unix_s=1.0, handover_s=0.004)
+    metrics.observe_completion(make_usage(), make_timing())  # colocated: no token #1 elsewhere
+    metrics.observe_completion(make_usage(completion=1), handed_off)  # no token #2
+    metrics.observe_completion(make_usage(), handed_off)
+    assert value(metrics, "pdserve_kv_handover_seconds_count") == 1
+    assert value(metrics, "pdserve_kv_handover_seconds_sum") == pytest.approx(0.004)
 
 
 def test_token_counters_add_up_over_requests(metrics):
