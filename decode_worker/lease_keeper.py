@@ -9,6 +9,9 @@ Lifecycle, for one handed-off request (decode_worker/scheduler.py drives it):
                  are trusted only if the source still held the lease until the ack — or, when
                  the source does not answer (dead), if the lease had not yet expired. Otherwise
                  the source may have freed and reused those pages while they were read.
+                 A fetch that itself proved the export held through the copy (shm: the
+                 segment's token, checked after it) is trusted at once, and the ack sent in the
+                 background: it then only frees the source's pages, off the request's path.
 """
 
 from __future__ import annotations
@@ -50,8 +53,12 @@ class LeaseKeeper:
             raise LeaseExpired(f"{self._transfer_id}: the source no longer holds the lease")
         self.expiry_unix_s = expiry
 
-    def settle(self) -> bool:
-        """Acks the lease; returns whether what was read under it can be trusted."""
+    def settle(self, proven: bool = False) -> bool:
+        """Acks the lease; returns whether what was read under it can be trusted. `proven`:
+        the fetch proved the export held through the copy, so the ack is not waited for."""
+        if proven:
+            self._peers.ack_soon(self._address, self._transfer_id)
+            return True
         ack = self._peers.ack(self._address, self._transfer_id)
         if ack is Ack.RELEASED:
             return True

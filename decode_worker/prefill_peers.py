@@ -13,6 +13,7 @@ import enum
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import grpc
@@ -50,6 +51,8 @@ class PrefillPeers:
         self._channels: list[grpc.Channel] = []
         self._sources: dict[str, str] = {}  # transfer id -> its source's address
         self._lock = threading.Lock()
+        # Acks nobody waits for; one thread, so at most one is sent at a time.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease-ack")
 
     def ack(self, address: str, transfer_id: str) -> Ack:
         """ReleaseLease; a failed call is UNREACHABLE (the lease TTL backs it)."""
@@ -62,6 +65,11 @@ class PrefillPeers:
             log.warning("ack of %s to %s failed: %s", transfer_id, address, exc.code())
             return Ack.UNREACHABLE
         return Ack.RELEASED if reply.released else Ack.UNKNOWN
+
+    def ack_soon(self, address: str, transfer_id: str) -> None:
+        """`ack` in the background, for a pull already trusted; one that never arrives (the
+        worker stopped first) is ended by the lease's TTL."""
+        self._background.submit(self.ack, address, transfer_id)
 
     def renew(self, address: str, transfer_id: str) -> float | None:
         """RenewLease: the lease's new expiry (unix s); None when the source no longer holds
@@ -104,6 +112,7 @@ class PrefillPeers:
             return self._stubs[address]
 
     def close(self) -> None:
+        self._background.shutdown(wait=True, cancel_futures=False)
         with self._lock:
             for channel in self._channels:
                 channel.close()

@@ -8,6 +8,8 @@
                      engine keeps stepping the running batch meanwhile.
   3. acked           ReleaseLease to the prefill worker, which unpins its copy. If the lease
                      had ended before the ack (LeaseExpired), the pages read are discarded.
+                     A backend whose fetch proves the export was held (shm) is not waited
+                     for: the ack goes in the background and the request runs at once.
   4. running         the engine adopts the request with num_computed_tokens = the handle's
                      token count and token #1 as its first output: continuous batching from
                      here, recompute preemption if pages run out.
@@ -93,13 +95,15 @@ class DecodeScheduler:
         """
         self._check(handle, len(prompt))
         lease = LeaseKeeper(self._peers, handle, src_address)
+        proven = False
         try:
             lease.keep_alive()
             page_ids = self._allocate(len(handle.page_ids), lease.keep_alive, deadline_s)
             with self._peers.pulling_from(handle.transfer_id, src_address):
                 transfer_s = self._fetch(handle, page_ids, deadline_s)
+            proven = self._transports.fetch_proves_export_held(handle.backend)
         finally:
-            trusted = lease.settle()
+            trusted = lease.settle(proven)
         if not trusted:
             self._loop.post(lambda core: core.pool.free(page_ids))
             raise LeaseExpired(f"{handle.transfer_id}: the lease ended before the ack")

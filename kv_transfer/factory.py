@@ -171,6 +171,10 @@ class TransportSet:
             raise UnavailableBackend(f"kv_backend: {chosen} is not held here (only {held})")
         return chosen
 
+    def fetch_proves_export_held(self, backend: TransportBackend) -> bool:
+        """Whether a fetch through `backend` that returns needs no ack to be trusted."""
+        return self._transports[self.resolve(backend)].fetch_proves_export_held
+
     def join_group(self) -> None:
         """Joins the KV group; blocks until every rank joined, so call it on every worker at
         once. A no-op without a group."""

@@ -56,6 +56,9 @@ class ShmTransport(KVTransport):
     """
 
     backend = TransportBackend.SHM
+    # The segment's token is read before and after the copy; release zeroes it, reuse
+    # restamps it: a fetch that returns read the export while it was still held.
+    fetch_proves_export_held = True
 
     def __init__(
         self,

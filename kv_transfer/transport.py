@@ -50,6 +50,9 @@ class KVTransport(ABC):
     """One backend's two halves. A worker holds one instance and uses the half of its role."""
 
     backend: TransportBackend
+    # A fetch that returns proves the source held the export through the whole copy, so the
+    # reader needs no ack to trust it (shm: the segment's token is checked after the copy).
+    fetch_proves_export_held: bool = False
 
     @abstractmethod
     def export(self, transfer_id: str, kv_cache: torch.Tensor, page_ids: Sequence[int]) -> bytes:

@@ -124,3 +124,20 @@ def test_an_unreachable_source_is_waited_on_until_the_lease_expires():
 def test_what_was_read_is_trusted_only_under_a_lease_held_until_the_ack(ack, expires_in_s, trusted):
     keeper = LeaseKeeper(Peers(ack=ack), handle(expires_in_s), "p0:1")
     assert keeper.settle() is trusted
+
+
+def test_a_pull_the_fetch_proved_is_trusted_at_once_and_acked_in_the_background():
+    class Recording(Peers):
+        def __init__(self) -> None:
+            super().__init__(ack=Ack.UNKNOWN)
+            self.soon: list[str] = []
+
+        def ack(self, address: str, transfer_id: str) -> Ack:
+            raise AssertionError("a proven pull never waits for the ack")
+
+        def ack_soon(self, address: str, transfer_id: str) -> None:
+            self.soon.append(transfer_id)
+
+    peers = Recording()
+    assert LeaseKeeper(peers, handle(expires_in_s=30), "p0:1").settle(proven=True)
+    assert peers.soon == ["t1"]
