@@ -24,9 +24,13 @@ ratio of medians). The tight-TTFT regime is reported beside it whichever arm win
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import statistics
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from bench import goodput_figure
 from bench.common import RESULTS_DIR, BenchResult, machine_info
@@ -82,16 +86,9 @@ def run(quick: bool) -> BenchResult:
             regimes = objectives(unloaded)
             attainment = sweep(addresses, plan, regimes)
             load_generator_cpu_s = _own_cpu_s() - cpu_before
-    goodputs = {
-        regime: {arm: [goodput(plan.rates, runs) for runs in by_arm[arm]] for arm in ARMS}
-        for regime, by_arm in attainment.items()
-    }
-    ratios = {regime: _ratio(by_arm) for regime, by_arm in goodputs.items()}
-    details = {
+    measured = {
         "unloaded": unloaded,
         "objectives": {name: _slo_json(getattr(regimes, name)) for name in Regimes.__slots__},
-        "goodput_req_per_s": goodputs,
-        "ratio_disaggregated_over_colocated": ratios,
         "attainment": attainment,
         "rates": plan.rates,
         "requests_per_run": plan.num_requests,
@@ -100,9 +97,25 @@ def run(quick: bool) -> BenchResult:
         "model": f"{MODEL} {DTYPE}",
         "load_generator_cpu_s": round(load_generator_cpu_s, 1),
     }
+    return result(measured, machine_info())
+
+
+def result(measured: dict[str, Any], machine: dict[str, Any]) -> BenchResult:
+    """Goodputs, ratios and the figure from what a run measured (its attainments)."""
+    rates = tuple(measured["rates"])
+    goodputs = {
+        regime: {arm: [goodput(rates, runs) for runs in by_arm[arm]] for arm in ARMS}
+        for regime, by_arm in measured["attainment"].items()
+    }
+    details = measured | {
+        "goodput_req_per_s": goodputs,
+        "ratio_disaggregated_over_colocated": {
+            regime: _ratio(by_arm, rates) for regime, by_arm in goodputs.items()
+        },
+    }
     goodput_figure.write(RESULTS_DIR / "B5.png", details)
-    headline = ratios["tight_tpot"]["ratio_of_medians"]
-    return BenchResult(ID, NAME, headline, TARGET, details, machine_info())
+    headline = details["ratio_disaggregated_over_colocated"]["tight_tpot"]["ratio_of_medians"]
+    return BenchResult(ID, NAME, headline, TARGET, details, machine)
 
 
 def calibrate(address: str, plan: Plan) -> dict[str, float]:
@@ -167,16 +180,23 @@ def goodput(rates: tuple[float, ...], attainments: list[float]) -> float:
     return rates[top] + fraction * (rates[top + 1] - rates[top])
 
 
-def _ratio(by_arm: dict[str, list[float]]) -> dict[str, float | list[float] | None]:
+def _ratio(by_arm: dict[str, list[float]], rates: tuple[float, ...]) -> dict[str, Any]:
+    """Disaggregated ÷ colocated, of the medians over repeats. A goodput of 0 (not even the
+    lowest rate met the objective) is below the lowest rate, so it is counted as that rate
+    and the ratio marked as a bound: ≥ when colocated's was 0, ≤ when disaggregated's was.
+    A goodput equal to the top rate is a lower bound too (`censored_at_top`)."""
     medians = {arm: statistics.median(values) for arm, values in by_arm.items()}
-    per_repeat = [
-        d / c if c else None
-        for d, c in zip(by_arm["disaggregated"], by_arm["colocated"], strict=True)
-    ]
-    colocated = medians["colocated"]
+    bounded = {arm: value or rates[0] for arm, value in medians.items()}
+    below = [arm for arm, value in medians.items() if value == 0]
+    bound = {(): "", ("colocated",): "at least", ("disaggregated",): "at most"}
     return {
-        "ratio_of_medians": medians["disaggregated"] / colocated if colocated else float("inf"),
-        "per_repeat": per_repeat,
+        "ratio_of_medians": bounded["disaggregated"] / bounded["colocated"],
+        "bound": bound.get(tuple(below), "undetermined: neither arm met the objective"),
+        "censored_at_top": [arm for arm, value in medians.items() if value == rates[-1]],
+        "per_repeat": [
+            d / c if c else None
+            for d, c in zip(by_arm["disaggregated"], by_arm["colocated"], strict=True)
+        ],
         "median_goodput": medians,
     }
 
@@ -197,3 +217,13 @@ def _slo_json(slo: Slo) -> dict[str, float]:
 def _own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+if __name__ == "__main__":
+    # Re-summarize a saved result (goodputs, ratios, figure) with this code:
+    #   python -m bench.b5_goodput bench/results/B5.json
+    saved = json.loads(Path(sys.argv[1]).read_text())
+    derived = ("goodput_req_per_s", "ratio_disaggregated_over_colocated")
+    measured = {key: value for key, value in saved["details"].items() if key not in derived}
+    again = result(measured, saved["machine"])
+    print(f"wrote {again.write()}\n{again.headline()}")

@@ -40,10 +40,34 @@ def test_objectives_come_from_the_slower_arm_so_both_meet_them_when_idle():
     assert (regimes.tight_ttft.ttft_s, regimes.tight_ttft.tpot_s) == pytest.approx((2.55, 0.200))
 
 
-def test_the_ratio_is_of_median_goodputs_and_survives_a_zero_baseline():
-    ratio = b5._ratio({"disaggregated": [1.0, 1.2, 0.9], "colocated": [0.5, 0.6, 0.0]})
+def test_the_ratio_is_of_median_goodputs_and_survives_a_zero_repeat():
+    ratio = b5._ratio({"disaggregated": [1.0, 1.2, 0.9], "colocated": [0.5, 0.6, 0.0]}, RATES)
     assert ratio["ratio_of_medians"] == pytest.approx(1.0 / 0.5)
     assert ratio["per_repeat"] == [2.0, 2.0, None]
+    assert (ratio["bound"], ratio["censored_at_top"]) == ("", [])
+
+
+def test_a_baseline_that_met_no_rate_makes_the_ratio_a_lower_bound():
+    ratio = b5._ratio({"disaggregated": [2.0, 2.0, 1.0], "colocated": [0.0, 0.0, 0.3]}, RATES)
+    assert ratio["ratio_of_medians"] == pytest.approx(2.0 / 0.25)  # colocated < lowest rate
+    assert ratio["bound"] == "at least"
+    assert ratio["censored_at_top"] == ["disaggregated"]  # met even the top rate
+
+
+def test_a_saved_result_is_summarized_again_from_its_attainments(tmp_path, monkeypatch):
+    monkeypatch.setattr(b5, "RESULTS_DIR", tmp_path)
+    attainment = {"disaggregated": [[1.0, 1.0, 0.95, 0.5]], "colocated": [[0.6, 0.3, 0.1, 0.0]]}
+    measured = {
+        "rates": list(RATES),
+        "objectives": {
+            name: {"ttft_s": 3.0, "tpot_s": 0.06} for name in ("tight_tpot", "tight_ttft")
+        },
+        "attainment": {"tight_tpot": attainment, "tight_ttft": attainment},
+    }
+    result = b5.result(measured, machine={})
+    assert result.details["goodput_req_per_s"]["tight_tpot"]["colocated"] == [0.0]
+    assert result.value == pytest.approx(b5.goodput(RATES, [1.0, 1.0, 0.95, 0.5]) / 0.25)
+    assert (tmp_path / "B5.png").exists()
 
 
 def test_the_figure_is_drawn_from_a_results_details(tmp_path):
