@@ -10,7 +10,6 @@ higher-precedence source wins (`load`); given together in one source, it is an e
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +21,10 @@ from engine.builder import DEFAULT_MODEL_CACHE, RunnerKind
 from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
 from pdserve.auth import token_from_file
+from pdserve.ratio import parse_ratio, split_ratio
 from pdserve.tls import TLSConfig
 from router.config import PolicyName
 
-_RATIO = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 _DIRECT_SIZES = ("num_prefill", "num_decode")
 _RATIO_SIZES = ("ratio", "num_workers")
 
@@ -231,35 +230,6 @@ class ClusterConfig(BaseSettings):
         for source in (file_values, env_values, given):
             merged = _merged(merged, _sizes_overridden_by(source) | source)
         return cls(**merged)
-
-
-def parse_ratio(ratio: str) -> tuple[int, int]:
-    """ "P:D" → (P, D), both whole numbers ≥ 1; ValueError naming `ratio` otherwise."""
-    match = _RATIO.fullmatch(str(ratio))
-    if match is None:
-        raise ValueError(
-            f"ratio: expected prefill:decode in whole numbers, e.g. 1:3; got {ratio!r}"
-        )
-    prefill, decode = int(match[1]), int(match[2])
-    if prefill < 1 or decode < 1:
-        raise ValueError(f"ratio: both sides must be ≥ 1 (e.g. 1:3); got {ratio!r}")
-    return prefill, decode
-
-
-def split_ratio(ratio: tuple[int, int], num_workers: int) -> tuple[int, int]:
-    """(num_prefill, num_decode) summing to num_workers, closest to the ratio with ≥ 1 each.
-
-    Prefill gets num_workers·P/(P+D) rounded to the nearest whole number, a half rounded
-    down (decode gets the extra worker), then clamped to 1 … num_workers − 1; decode gets
-    the rest. E.g. 1:3 of 4 → 1+3, 1:3 of 6 → 1+5 (1.5 → 1), 1:1 of 5 → 2+3, 1:9 of 4 → 1+3.
-    """
-    if num_workers < 2:
-        raise ValueError(f"num_workers: a ratio needs ≥ 2 workers (1 of each); got {num_workers}")
-    prefill, decode = ratio
-    # ceil(x − ½) for x = n·P/(P+D), in integers: a half goes down.
-    num_prefill = (2 * num_workers * prefill + prefill + decode - 1) // (2 * (prefill + decode))
-    num_prefill = min(max(num_prefill, 1), num_workers - 1)
-    return num_prefill, num_workers - num_prefill
 
 
 def _parse_total(total: Any) -> int:

@@ -23,6 +23,7 @@ from kv_transfer.pages import Role
 from pdserve.controller.pools import POOLS, ByPool
 from pdserve.controller.reasons import Reason
 from pdserve.controller.signals import Signals
+from pdserve.ratio import split_ratio
 
 _SLO_REASONS = ByPool(prefill=Reason.TTFT_SLO, decode=Reason.TPOT_SLO)
 # A demand of exactly n workers' capacity is n workers, not n + 1 from float rounding.
@@ -105,9 +106,6 @@ def within_budget(sizes: ByPool[Desired], policy: SizingPolicy) -> ByPool[Desire
     budget = policy.max_total_workers
     if budget is None or sizes.prefill.replicas + sizes.decode.replicas <= budget:
         return sizes
-    # Here, not at the top: pdserve.config pulls in the engine (torch) for its other settings.
-    from pdserve.config import split_ratio
-
     num_prefill, _ = split_ratio((sizes.prefill.replicas, sizes.decode.replicas), budget)
     bounds = policy.bounds
     num_prefill = min(
