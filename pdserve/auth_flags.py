@@ -8,6 +8,8 @@ tokens themselves). Tokens are never flags: a command line is visible to every l
 
 generate, status, scale (the client's side): --tls (system roots), --tls-ca, --tls-cert and
 --tls-key (mTLS), and the token from --auth-token-file or else env PDSERVE_AUTH_TOKEN.
+`pdserve router` takes the servers' flags, `pdserve worker` the internal edge's only, and
+`pdserve drain` (a client of a worker) the client's flags with env PDSERVE_INTERNAL_AUTH_TOKEN.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pdserve.auth import read_token_file
 from pdserve.tls import TLSConfig
 
 TOKEN_ENV = "PDSERVE_AUTH_TOKEN"
+INTERNAL_TOKEN_ENV = "PDSERVE_INTERNAL_AUTH_TOKEN"
 _TLS_FILES = (
     ("cert", "cert_file", "certificate chain"),
     ("key", "key_file", "private key of the certificate"),
@@ -32,8 +35,12 @@ _TLS_FILES = (
 _SECTIONS = ("tls", "internal_tls")
 
 
-def add_server_flags(parser: argparse.ArgumentParser) -> None:
+def add_server_flags(parser: argparse.ArgumentParser, public: bool = True) -> None:
+    """Both edges' flags; with `public` False (a worker serves no public API) only the
+    internal edge's."""
     for section, edge in zip(_SECTIONS, ("public API", "internal edge"), strict=True):
+        if section == "tls" and not public:
+            continue
         flag = section.replace("_", "-")
         for short, field, what in _TLS_FILES:
             parser.add_argument(
@@ -50,9 +57,10 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{edge} mTLS: refuse clients without a certificate from --{flag}-ca",
         )
-    parser.add_argument(
-        "--auth-token-file", type=Path, help="bearer token every public call must carry"
-    )
+    if public:
+        parser.add_argument(
+            "--auth-token-file", type=Path, help="bearer token every public call must carry"
+        )
     parser.add_argument(
         "--internal-auth-token-file", type=Path, help="bearer token of every internal call"
     )
@@ -77,22 +85,26 @@ class ClientSecurity:
     token: SecretStr | None = None
 
 
-def add_client_flags(parser: argparse.ArgumentParser) -> None:
+def add_client_flags(parser: argparse.ArgumentParser, token_env: str = TOKEN_ENV) -> None:
+    """`token_env`: the variable holding the token when no file is given (the internal
+    edge's, PDSERVE_INTERNAL_AUTH_TOKEN, for `pdserve drain`)."""
     parser.add_argument("--tls", action="store_true", help="TLS, verified by the system roots")
     parser.add_argument("--tls-ca", type=Path, help="TLS, verified by this CA bundle")
     parser.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
     parser.add_argument("--tls-key", type=Path, help="its private key")
     parser.add_argument(
-        "--auth-token-file", type=Path, help=f"bearer token file (default: env {TOKEN_ENV})"
+        "--auth-token-file", type=Path, help=f"bearer token file (default: env {token_env})"
     )
 
 
-def client_security(args: argparse.Namespace, environ: Mapping[str, str]) -> ClientSecurity:
+def client_security(
+    args: argparse.Namespace, environ: Mapping[str, str], token_env: str = TOKEN_ENV
+) -> ClientSecurity:
     """Raises ValueError (pydantic's ValidationError) naming the flag's setting at fault."""
     files = {"ca_file": args.tls_ca, "cert_file": args.tls_cert, "key_file": args.tls_key}
     given = {field: path for field, path in files.items() if path is not None}
     tls = TLSConfig(**given) if given or args.tls else None
     if args.auth_token_file is not None:
         return ClientSecurity(tls, read_token_file(args.auth_token_file))
-    token = environ.get(TOKEN_ENV)
+    token = environ.get(token_env)
     return ClientSecurity(tls, SecretStr(token) if token else None)

@@ -1,4 +1,8 @@
-"""`pdserve` command line: up, generate, status, scale, loadtest."""
+"""`pdserve` command line: up, generate, status, scale, loadtest; and the commands Kubernetes
+pods run — router, worker (pdserve/router_main.py, worker_main.py) and drain (drain_cli.py).
+
+Each command is one `_COMMANDS` entry: its name, help, and the function that adds its flags
+(and `run`, the function it runs) to its subparser."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,7 +18,10 @@ from google.protobuf.json_format import MessageToDict
 
 from loadtest.cli import add_loadtest
 from pdserve import auth_flags, cli_output, client
+from pdserve.drain_cli import add_drain
+from pdserve.router_main import add_router
 from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2, generation_pb2_grpc
+from pdserve.worker_main import add_worker
 from router.config import PolicyName
 
 
@@ -27,17 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="pdserve", description="Disaggregated prefill/decode LLM serving."
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    _add_up(commands.add_parser("up", help="start a local cluster and serve until Ctrl-C"))
-    _add_generate(commands.add_parser("generate", help="stream one completion to stdout"))
-    _add_status(commands.add_parser("status", help="show every worker's state"))
-    _add_scale(
-        commands.add_parser(
-            "scale", help="grow or shrink the pools of a running `pdserve up` (drains workers)"
-        )
-    )
-    add_loadtest(
-        commands.add_parser("loadtest", help="send a seeded workload and report latency, goodput")
-    )
+    for name, help_text, add_flags in _COMMANDS:
+        add_flags(commands.add_parser(name, help=help_text))
     return parser
 
 
@@ -133,6 +132,18 @@ def _add_scale(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=client.DEFAULT_ADDRESS)
     auth_flags.add_client_flags(parser)
     parser.set_defaults(run=_run_scale)
+
+
+_COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
+    ("up", "start a local cluster and serve until Ctrl-C", _add_up),
+    ("generate", "stream one completion to stdout", _add_generate),
+    ("status", "show every worker's state", _add_status),
+    ("scale", "grow or shrink the pools of a running `pdserve up` (drains workers)", _add_scale),
+    ("loadtest", "send a seeded workload and report latency, goodput", add_loadtest),
+    ("router", "serve one router that finds its workers in the Redis registry", add_router),
+    ("worker", "serve one worker actor on this Ray node, registered in Redis", add_worker),
+    ("drain", "drain one worker and wait until it is drained (preStop)", add_drain),
+]
 
 
 def up_config(args: argparse.Namespace):

@@ -15,11 +15,19 @@ from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
 from pdserve.tls import TLSConfig
 
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+
 
 class WorkerConfig(BaseSettings):
     worker_id: str = Field(description="Unique worker name in the cluster.")
     host: str = Field("127.0.0.1", description="Address the internal gRPC server binds.")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    advertise_host: str = Field(
+        "",
+        description="Host routers and peers reach this worker at: its address is "
+        "advertise_host:port (on Kubernetes the pod's IP); empty = `host`, which then must "
+        "not be a wildcard (0.0.0.0, ::).",
+    )
     engine: EngineConfig = Field(default_factory=EngineConfig)
     transport: TransportBackend = Field(
         TransportBackend.SHM, description="KV backend of requests that name none."
@@ -102,6 +110,19 @@ class WorkerConfig(BaseSettings):
                 f"max_grpc_threads ({self.max_grpc_threads}) for Prefill/Decode"
             )
         return self
+
+    @model_validator(mode="after")
+    def _reachable(self) -> WorkerConfig:
+        if not self.advertise_host and self.host in _WILDCARD_HOSTS:
+            raise ValueError(
+                f"advertise_host: needed when host is {self.host!r}, which no peer can dial"
+            )
+        return self
+
+    @property
+    def advertised_host(self) -> str:
+        """The host of the address this worker reports (GetStats) and is dialled at."""
+        return self.advertise_host or self.host
 
     @model_validator(mode="after")
     def _holds_its_transport(self) -> WorkerConfig:

@@ -155,7 +155,7 @@ def serve_worker(
     identity = WorkerIdentity(
         worker_id=config.worker_id,
         role=role,
-        address=f"{config.host}:{port}",
+        address=f"{config.advertised_host}:{port}",
         epoch=epoch,
         pid=os.getpid(),
         node=socket.gethostname(),

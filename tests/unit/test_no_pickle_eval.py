@@ -36,7 +36,13 @@ PACKAGES = (
 PICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve"}
 EVALUATORS = {"eval", "exec", "compile"}
 SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader"}
-RAY_CALLERS = {Path("pdserve/launch.py"), Path("pdserve/cluster_upkeep.py")}
+# The launchers: `pdserve up`'s (launch.py, cluster_upkeep.py) and `pdserve worker`'s.
+RAY_CALLERS = {
+    Path("pdserve/launch.py"),
+    Path("pdserve/cluster_upkeep.py"),
+    Path("pdserve/ray_node.py"),
+    Path("pdserve/worker_lifecycle.py"),
+}
 
 
 def _sources() -> Iterator[tuple[Path, ast.Module]]:
