@@ -1,5 +1,5 @@
 """`pdserve` command line: up, generate, status, scale, loadtest; and the commands Kubernetes
-pods run — router, worker (pdserve/router_main.py, worker_main.py) and drain (drain_cli.py).
+pods run — router, worker (pdserve/router_main.py, worker_main.py) and drain (drain_cli.py), and the ratio controller (controller/).
 
 Each command is one `_COMMANDS` entry: its name, help, and the function that adds its flags
 (and `run`, the function it runs) to its subparser."""
@@ -18,6 +18,7 @@ from google.protobuf.json_format import MessageToDict
 
 from loadtest.cli import add_loadtest
 from pdserve import auth_flags, cli_output, client
+from pdserve.controller.cli import add_controller
 from pdserve.drain_cli import add_drain
 from pdserve.router_main import add_router
 from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2, generation_pb2_grpc
@@ -143,6 +144,7 @@ _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("router", "serve one router that finds its workers in the Redis registry", add_router),
     ("worker", "serve one worker actor on this Ray node, registered in Redis", add_worker),
     ("drain", "drain one worker and wait until it is drained (preStop)", add_drain),
+    ("controller", "size the prefill and decode Deployments from router metrics", add_controller),
 ]
 
 

@@ -64,3 +64,10 @@ def test_no_kubernetes_configuration_exits_1(monkeypatch, capsys):
     monkeypatch.setattr(kube, "connect_apps_api", no_config)
     assert run_controller(parse("--metrics-url", URL, "--metrics-port", "0")) == 1
     assert "no Kubernetes configuration" in capsys.readouterr().err
+
+
+def test_pdserve_controller_is_a_pdserve_command(capsys):
+    from pdserve.cli import main
+
+    assert main(["controller", "--metrics-url", "x"]) == 2
+    assert "--metrics-url" in capsys.readouterr().err
