@@ -1,5 +1,6 @@
 """`pdserve` command line: up, generate, status, scale, loadtest; and the commands Kubernetes
-pods run — router, worker (pdserve/router_main.py, worker_main.py) and drain (drain_cli.py), and the ratio controller (controller/).
+pods run — router, worker (pdserve/router_main.py, worker_main.py), drain (drain_cli.py) and
+the ratio controller (pdserve/controller/).
 
 Each command is one `_COMMANDS` entry: its name, help, and the function that adds its flags
 (and `run`, the function it runs) to its subparser."""
