@@ -66,7 +66,7 @@ class Plan:
     def of(cls, quick: bool) -> Plan:
         if quick:
             return cls((0.1, 0.3), 8, 1, 2)
-        return cls((0.1, 0.2, 0.3), 16, 3, 4)
+        return cls((0.1, 0.2, 0.3, 0.45), 16, 3, 4)
 
 
 @dataclass(frozen=True, slots=True)
