@@ -114,6 +114,8 @@ def result(measured: dict[str, Any], machine: dict[str, Any]) -> BenchResult:
         },
     }
     goodput_figure.write(RESULTS_DIR / "B5.png", details)
+    for regime, ratio in details["ratio_disaggregated_over_colocated"].items():
+        print(f"B5 {regime}: {_describe(ratio)}", flush=True)
     headline = details["ratio_disaggregated_over_colocated"]["tight_tpot"]["ratio_of_medians"]
     return BenchResult(ID, NAME, headline, TARGET, details, machine)
 
@@ -199,6 +201,17 @@ def _ratio(by_arm: dict[str, list[float]], rates: tuple[float, ...]) -> dict[str
         ],
         "median_goodput": medians,
     }
+
+
+def _describe(ratio: dict[str, Any]) -> str:
+    """One regime in words: the ratio, whether it is a bound, and the goodputs behind it."""
+    goodputs = ", ".join(f"{arm} {value:.3g}" for arm, value in ratio["median_goodput"].items())
+    censored = "".join(f"; {arm} met every rate" for arm in ratio["censored_at_top"])
+    bound = f" ({ratio['bound']})" if ratio["bound"] else ""
+    return (
+        f"disaggregated ÷ colocated goodput = {ratio['ratio_of_medians']:.3g}{bound} "
+        f"[median req/s: {goodputs}{censored}]"
+    )
 
 
 def _run(address: str, requests, plan: LoadPlan) -> LoadResult:
