@@ -206,7 +206,7 @@ def _ratio(by_arm: dict[str, list[float]], rates: tuple[float, ...]) -> dict[str
 def _describe(ratio: dict[str, Any]) -> str:
     """One regime in words: the ratio, whether it is a bound, and the goodputs behind it."""
     goodputs = ", ".join(f"{arm} {value:.3g}" for arm, value in ratio["median_goodput"].items())
-    censored = "".join(f"; {arm} met every rate" for arm in ratio["censored_at_top"])
+    censored = "".join(f"; {arm} met the top rate" for arm in ratio["censored_at_top"])
     bound = f" ({ratio['bound']})" if ratio["bound"] else ""
     return (
         f"disaggregated ÷ colocated goodput = {ratio['ratio_of_medians']:.3g}{bound} "
