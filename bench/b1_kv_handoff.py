@@ -11,6 +11,8 @@ child's reply that its pages are filled; in every arm the locator crosses one pi
   shm_nock  the same with verify_checksum off
   gloo      CollectiveTransport over gloo; the torch world of the two processes is formed with
             init_process_group directly (Ray only rendezvouses; the data path is the same)
+  tcp       TcpTransport over loopback: stage, stream, checksum, scatter (the cross-node path
+            of pods that form no KV group)
 
 Arms interleave per size, one warm-up round is dropped, medians with min–max are reported.
 Headline: the lowest η (shm, checksum on, the workers' default) at page 16 and ≥ 4k tokens.
@@ -41,13 +43,13 @@ def run(quick: bool) -> BenchResult:
             _size_row(config, _compare(exporter, config, shm_arms, config.repeats(quick)))
             for config in (Config(t, p) for p in pages for t in tokens)
         ]
-        gloo_arms = (Arm.RAW, Arm.SHM, Arm.GLOO)
+        gloo_arms = (Arm.RAW, Arm.SHM, Arm.GLOO, Arm.TCP)
         gloo = [
             _gloo_row(config, _compare(exporter, config, gloo_arms, config.repeats(quick)))
             for config in (Config(t, 16) for t in tokens if t >= 2048)
         ]
         small = Config(128, 16)
-        latency = _compare(exporter, small, shm_arms, 100 if quick else 300, warmup=10)
+        latency = _compare(exporter, small, (*shm_arms, Arm.TCP), 100 if quick else 300, warmup=10)
     big = [row for row in sizes if row["page_size"] == 16 and row["tokens"] >= 4096]
     details = {"sizes": sizes, "gloo": gloo, "latency_128_tokens": _latency_row(latency)}
     return BenchResult(
@@ -89,6 +91,7 @@ def _gloo_row(config: Config, samples: dict[str, list[float]]) -> dict:
         "tokens": config.tokens,
         "gbps": {arm: round(config.nbytes / s / 1e9, 2) for arm, s in median.items()},
         "shm_speedup_over_gloo": round(median[Arm.GLOO] / median[Arm.SHM], 2),
+        "tcp_speedup_over_gloo": round(median[Arm.GLOO] / median[Arm.TCP], 2),
         "raw_shm_speedup_over_gloo": round(median[Arm.GLOO] / median[Arm.RAW], 2),
     }
 

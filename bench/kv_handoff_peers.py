@@ -38,6 +38,7 @@ class Arm(enum.StrEnum):
     SHM = "shm"
     SHM_NO_CHECKSUM = "shm_nock"
     GLOO = "gloo"
+    TCP = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,8 @@ class Exporter:
 
     def __init__(self) -> None:
         from kv_transfer.shm import ShmTransport
+        from kv_transfer.tcp import TcpSettings, TcpTransport
+        from kv_transfer.tcp_server import TcpEndpoint
 
         context = multiprocessing.get_context("spawn")
         self.conn, child_conn = context.Pipe()
@@ -91,6 +94,7 @@ class Exporter:
             False: ShmTransport(verify_checksum=False),
         }
         self.gloo = None
+        self.tcp = TcpTransport(TcpSettings(listen=TcpEndpoint("127.0.0.1")))
         self.raw_path = SHM_DIR / f"pdserve-bench-{os.getpid()}"
         self.serial = 0
 
@@ -103,7 +107,7 @@ class Exporter:
             self.child.join(timeout=30)
         finally:  # the segments are on /dev/shm, in memory: never leave them behind
             self.raw_path.unlink(missing_ok=True)
-            for transport in self.shm.values():
+            for transport in (*self.shm.values(), self.tcp):
                 transport.close()
             if self.gloo is not None:
                 self.gloo.close()
@@ -122,6 +126,8 @@ class Exporter:
             return self.handoff_raw(config)
         if arm == Arm.GLOO:
             return self.handoff_gloo(config)
+        if arm == Arm.TCP:
+            return self.handoff_tcp(config)
         return self.handoff_shm(config, verify=arm == Arm.SHM)
 
     def handoff_raw(self, config: Config) -> float:
@@ -138,6 +144,15 @@ class Exporter:
         self._ask(Cmd.FETCH, arm, transfer_id, locator, config, self.src_ids, self.dst_ids)
         elapsed = time.perf_counter() - started
         self.shm[verify].release(transfer_id)
+        return elapsed
+
+    def handoff_tcp(self, config: Config) -> float:
+        transfer_id = self._next_id()
+        started = time.perf_counter()
+        locator = self.tcp.export(transfer_id, self.cache, self.src_ids)
+        self._ask(Cmd.FETCH, Arm.TCP, transfer_id, locator, config, self.src_ids, self.dst_ids)
+        elapsed = time.perf_counter() - started
+        self.tcp.release(transfer_id)
         return elapsed
 
     def handoff_gloo(self, config: Config) -> float:
@@ -214,11 +229,13 @@ def _serve(conn) -> None:
 class _Fetcher:
     def __init__(self, conn) -> None:
         from kv_transfer.shm import ShmTransport
+        from kv_transfer.tcp import TcpTransport
 
         self.conn = conn
         self.transports = {
             Arm.SHM: ShmTransport(verify_checksum=True),
             Arm.SHM_NO_CHECKSUM: ShmTransport(verify_checksum=False),
+            Arm.TCP: TcpTransport(),
         }
         self.raw_maps: dict[tuple[str, int], np.ndarray] = {}
 

@@ -56,6 +56,7 @@ class DecodeWorker:
             request_send=self._peers.request_send,
             observer=self.metrics,
             faults=config.fault_plan,
+            tcp=config.tcp_settings(serves=False),
         )
         self._scheduler = DecodeScheduler(
             self._loop,
@@ -97,7 +98,7 @@ class DecodeWorker:
 
     def _stop(self, grace_s: float) -> None:
         self._edge.close()
-        self._server.stop(grace_s).wait()
+        self._server.stop(grace_s)
         self._loop.stop()
         self._peers.close()
         self._transports.close()

@@ -42,11 +42,10 @@ from kv_transfer.checksum import (
     Integrity,
     Locator,
     check_destination,
-    gather_rows,
     page_index,
     scatter_rows,
 )
-from kv_transfer.exports import BufferPool, Deadline, ExportTable
+from kv_transfer.exports import Deadline, Staged, StagedExports, StagedSource
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferFailure, TransferState
 
@@ -125,18 +124,7 @@ class _NcclLink:
         return lambda: collective.synchronize(buffer.device.index)
 
 
-@dataclass(slots=True)
-class _Staged:
-    """A gathered transfer on the source. Its buffer goes back to the pool once neither the
-    export nor a send in flight holds it."""
-
-    buffer: torch.Tensor  # flat uint8, from the pool
-    rows: torch.Tensor  # uint8 [num_pages, page_nbytes], a view of buffer
-    tag: int
-    holders: int = 1
-
-
-class CollectiveTransport(KVTransport):
+class CollectiveTransport(StagedSource, KVTransport):
     """Pull-based transport over the KV group this process joined (see join_kv_group)."""
 
     def __init__(
@@ -157,22 +145,18 @@ class CollectiveTransport(KVTransport):
         self._request_send = request_send
         self.integrity = Integrity(verify_checksum, checksum_sample_rate)
         self._link = _GlooLink() if backend == TransportBackend.GLOO else _NcclLink(group_name)
-        self._exports: ExportTable[_Staged] = ExportTable()
-        self._buffers = BufferPool(pool_bytes)
-        self._holders_lock = threading.Lock()
+        self._staged = StagedExports(pool_bytes)
         self._peer_locks: dict[int, threading.Lock] = {}
 
     def export(self, transfer_id: str, kv_cache: torch.Tensor, page_ids: Sequence[int]) -> bytes:
-        self._exports.check_new(transfer_id)
         self._check_device(kv_cache)
         index = page_index(page_ids, kv_cache.shape[0])
-        buffer, rows = self._take_rows(len(index), kv_cache)
-        gather_rows(kv_cache, index, out=rows)
+        buffer, rows = self._staged.stage(transfer_id, kv_cache, index, kv_cache.device)
         tag = next(_TAGS) % (1 << 31)
         locator = self.integrity.seal(
             transfer_id, rows, rows.numel(), _ADDRESS.pack(self._rank, tag)
         )
-        self._exports.add(transfer_id, _Staged(buffer, rows, tag))
+        self._staged.add(transfer_id, Staged(buffer, rows, tag))
         return locator.encode()
 
     def send(self, transfer_id: str, dst_rank: int) -> None:
@@ -181,13 +165,11 @@ class CollectiveTransport(KVTransport):
         Raises TransferError when transfer_id is released or unknown. Call it from the RPC that
         a destination's request_send reaches; the transfer is DONE once the peer received it.
         """
-        with self._holders_lock:
-            staged = self._exports.get(transfer_id)
-            if staged is None:
-                raise TransferError(f"{transfer_id}: released or never exported")
-            staged.holders += 1
-        wait = self._link.post_send(staged.rows, dst_rank, staged.tag)
-        self._exports.set_state(transfer_id, TransferState.TRANSFERRING)
+        staged = self._staged.hold(transfer_id)
+        if staged is None:
+            raise TransferError(f"{transfer_id}: released or never exported")
+        wait = self._link.post_send(staged.rows, dst_rank, staged.key)
+        self._staged.table.set_state(transfer_id, TransferState.TRANSFERRING)
         threading.Thread(target=self._settle, args=(transfer_id, staged, wait), daemon=True).start()
 
     def fetch(
@@ -203,7 +185,8 @@ class CollectiveTransport(KVTransport):
         self._check_device(kv_cache)
         src_rank, tag = self._decode_address(locator, handle.transfer_id)
         deadline.check(handle.transfer_id)
-        buffer, rows = self._take_rows(len(dst_page_ids), kv_cache)  # filled by the recv
+        # filled by the recv
+        buffer, rows = self._staged.take_rows(len(dst_page_ids), kv_cache, kv_cache.device)
         with self._peer_locks.setdefault(src_rank, threading.Lock()):
             self._ask_source(handle, deadline)
             wait = self._link.post_recv(rows, src_rank, tag)
@@ -212,42 +195,11 @@ class CollectiveTransport(KVTransport):
             kv_cache, dst_index, self.integrity.received(locator, rows, handle.transfer_id)
         )
         # Only a buffer whose recv completed is reused: an abandoned one may still be written.
-        self._buffers.give_back(buffer)
-
-    def release(self, transfer_id: str) -> None:
-        with self._holders_lock:
-            staged = self._exports.pop(transfer_id)
-        if staged is not None:
-            self._let_go(staged)
-
-    def state(self, transfer_id: str) -> TransferState | None:
-        return self._exports.state(transfer_id)
-
-    def num_exported(self) -> int:
-        return len(self._exports)
+        self._staged.give_back(buffer)
 
     def close(self) -> None:
         """Drops every staged buffer; leaving the KV group is the worker's (leave_kv_group)."""
-        with self._holders_lock:
-            staged = list(self._exports.pop_all().values())
-        for entry in staged:
-            self._let_go(entry)
-        self._buffers.clear()
-
-    def _take_rows(
-        self, num_pages: int, kv_cache: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A pooled buffer and its view as uint8 rows [num_pages, page_nbytes]."""
-        page_nbytes = kv_cache[0].numel() * kv_cache.element_size()
-        buffer = self._buffers.take(num_pages * page_nbytes, kv_cache.device)
-        return buffer, buffer[: num_pages * page_nbytes].view(num_pages, page_nbytes)
-
-    def _let_go(self, staged: _Staged) -> None:
-        with self._holders_lock:
-            staged.holders -= 1
-            unheld = staged.holders == 0
-        if unheld:
-            self._buffers.give_back(staged.buffer)
+        self._staged.close()
 
     def _ask_source(self, handle: KVHandle, deadline: Deadline) -> None:
         try:
@@ -255,14 +207,14 @@ class CollectiveTransport(KVTransport):
         except Exception as exc:
             raise TransferError(f"{handle.transfer_id}: the source did not send: {exc}") from exc
 
-    def _settle(self, transfer_id: str, staged: _Staged, wait: Wait) -> None:
+    def _settle(self, transfer_id: str, staged: Staged, wait: Wait) -> None:
         try:
             wait()
         except Exception:
-            self._exports.set_state(transfer_id, TransferState.FAILED)
+            self._staged.table.set_state(transfer_id, TransferState.FAILED)
         else:
-            self._exports.set_state(transfer_id, TransferState.DONE)
-        self._let_go(staged)
+            self._staged.table.set_state(transfer_id, TransferState.DONE)
+        self._staged.let_go(staged)
 
     def _check_device(self, kv_cache: torch.Tensor) -> None:
         if kv_cache.device.type != _DEVICE_TYPE[self.backend]:

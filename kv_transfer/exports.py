@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 import torch
 
+from kv_transfer.checksum import gather_rows
 from kv_transfer.transport import TransferError, TransferFailure, TransferState
 
 
@@ -119,3 +120,103 @@ class ExportTable(Generic[R]):
 
     def __contains__(self, transfer_id: str) -> bool:
         return transfer_id in self._entries
+
+
+@dataclass(slots=True)
+class Staged:
+    """One export gathered into a pooled buffer on the source. `key` is the backend's name for
+    it on the wire (collective: the tag; tcp: the secret a reader must present)."""
+
+    buffer: torch.Tensor  # flat uint8, from the pool
+    rows: torch.Tensor  # uint8 [num_pages, page_nbytes], a view of buffer
+    key: int
+    holders: int = 1
+
+
+class StagedSource:
+    """The source-side calls of a KVTransport whose exports are a StagedExports (`_staged`)."""
+
+    _staged: StagedExports
+
+    def release(self, transfer_id: str) -> None:
+        self._staged.release(transfer_id)
+
+    def state(self, transfer_id: str) -> TransferState | None:
+        return self._staged.table.state(transfer_id)
+
+    def num_exported(self) -> int:
+        return len(self._staged.table)
+
+
+class StagedExports:
+    """The source side of the backends that send a gathered copy (gloo, nccl, tcp): the export
+    table and the buffer pool behind it, one owner of both.
+
+    An export's buffer is held by the export itself until `release`, and by each send in
+    flight (`hold` … `let_go`): it goes back to the pool only once nobody holds it, so a send
+    never reads a buffer a later export reuses.
+    """
+
+    def __init__(self, pool_bytes: int) -> None:
+        self.table: ExportTable[Staged] = ExportTable()
+        self._buffers = BufferPool(pool_bytes)
+        self._holders = threading.Lock()
+
+    def take_rows(
+        self, num_pages: int, kv_cache: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pooled buffer on `device` and its view as uint8 rows [num_pages, page_nbytes]
+        for pages of kv_cache (page-major: one page is kv_cache[0])."""
+        page_nbytes = kv_cache[0].numel() * kv_cache.element_size()
+        buffer = self._buffers.take(num_pages * page_nbytes, device)
+        return buffer, buffer[: num_pages * page_nbytes].view(num_pages, page_nbytes)
+
+    def stage(
+        self, transfer_id: str, kv_cache: torch.Tensor, index: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_cache[index] gathered into a pooled buffer on `device` (one indexed gather, then
+        one copy when `device` is not the cache's); returns (buffer, rows) for `add`. Raises
+        ValueError if transfer_id is exported already."""
+        self.table.check_new(transfer_id)
+        buffer, rows = self.take_rows(len(index), kv_cache, device)
+        if kv_cache.device == rows.device:
+            gather_rows(kv_cache, index, out=rows)
+        else:
+            rows.copy_(gather_rows(kv_cache, index))
+        return buffer, rows
+
+    def give_back(self, buffer: torch.Tensor) -> None:
+        """Returns a buffer from take_rows that no export holds (a receive's, once done)."""
+        self._buffers.give_back(buffer)
+
+    def add(self, transfer_id: str, staged: Staged) -> None:
+        self.table.add(transfer_id, staged)
+
+    def hold(self, transfer_id: str) -> Staged | None:
+        """The export, held for one more send; None when released or never exported."""
+        with self._holders:
+            staged = self.table.get(transfer_id)
+            if staged is not None:
+                staged.holders += 1
+            return staged
+
+    def let_go(self, staged: Staged) -> None:
+        with self._holders:
+            staged.holders -= 1
+            unheld = staged.holders == 0
+        if unheld:
+            self._buffers.give_back(staged.buffer)
+
+    def release(self, transfer_id: str) -> None:
+        with self._holders:
+            staged = self.table.pop(transfer_id)
+        if staged is not None:
+            self.let_go(staged)
+
+    def close(self) -> None:
+        """Drops every export; buffers still held by a send go back when it ends."""
+        with self._holders:
+            staged = list(self.table.pop_all().values())
+        for entry in staged:
+            self.let_go(entry)
+        self._buffers.clear()

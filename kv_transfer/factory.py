@@ -2,7 +2,8 @@
 (`make_worker_transports`). Which backend a pair uses is kv_transfer/topology.py's choice.
 
 A worker holds (`held_backends`) shm always, for peers of its node, plus the KV group's backend
-(gloo or nccl) when the cluster formed one. Each request names the backend to use, chosen by
+(gloo or nccl) when the cluster formed one, plus tcp when configured (peers on any node, no
+group: kv_transfer/tcp.py). Each request names the backend to use, chosen by
 the router per pair; a request naming none gets the worker's default (its config `transport`).
 
 Every export and fetch of a worker passes through its TransportSet, so that is where an
@@ -31,6 +32,7 @@ from kv_transfer.collective import (
 )
 from kv_transfer.faults import FaultInjector, FaultKind, FaultPlan
 from kv_transfer.pages import KVHandle, TransferDirection, TransportBackend
+from kv_transfer.tcp import TcpSettings
 from kv_transfer.transport import KVTransport, TransferError, TransferFailure
 
 COLLECTIVE_BACKENDS = frozenset({TransportBackend.GLOO, TransportBackend.NCCL})
@@ -62,6 +64,7 @@ def make_transport(backend: TransportBackend, **options: Any) -> KVTransport:
     local: exchange, verify_checksum, checksum_sample_rate
     shm: verify_checksum, checksum_sample_rate, pool_bytes, max_mappings
     cuda_ipc: verify_checksum
+    tcp: settings (TcpSettings), verify_checksum, checksum_sample_rate, pool_bytes
     gloo / nccl: rank, request_send, verify_checksum, checksum_sample_rate,
                  group_name (after join_kv_group)
     """
@@ -78,11 +81,15 @@ def make_transport(backend: TransportBackend, **options: Any) -> KVTransport:
         from kv_transfer.cuda_ipc import CudaIpcTransport
 
         return CudaIpcTransport(**options)
+    if backend == TransportBackend.TCP:
+        from kv_transfer.tcp import TcpTransport
+
+        return TcpTransport(**options)
     return CollectiveTransport(backend, **options)
 
 
 def held_backends(
-    default: TransportBackend, kv_group: KVGroupSpec | None
+    default: TransportBackend, kv_group: KVGroupSpec | None, tcp: bool = False
 ) -> tuple[TransportBackend, ...]:
     """The backends a worker with this config holds. ValueError, naming the field, when the
     group's backend is not collective or `default` is not held."""
@@ -91,6 +98,8 @@ def held_backends(
         if kv_group.backend not in COLLECTIVE_BACKENDS:
             raise ValueError(f"kv_group.backend: {kv_group.backend} is not gloo or nccl")
         held.append(kv_group.backend)
+    if tcp:
+        held.append(TransportBackend.TCP)
     if default not in held:
         names = ", ".join(held)
         raise ValueError(f"transport: {default} is not held by a worker holding only {names}")
@@ -106,17 +115,21 @@ def make_worker_transports(
     request_send: RequestSend | None = None,
     observer: TransferObserver | None = None,
     faults: FaultPlan | None = None,
+    tcp: TcpSettings | None = None,
 ) -> TransportSet:
     """One transport per held backend. The collective one must still join its group
     (`TransportSet.join_group`). `request_send` is how a fetching (decode) worker asks a source
     to send; a worker that never fetches leaves it None. `observer` sees every transfer.
-    `faults` (chaos testing only) are injected into every fetch when the plan is active."""
+    `faults` (chaos testing only) are injected into every fetch when the plan is active.
+    `tcp`, when given, adds the tcp backend (its server starts here when it listens)."""
     transports: dict[TransportBackend, KVTransport] = {}
-    for backend in held_backends(default, kv_group):
+    for backend in held_backends(default, kv_group, tcp is not None):
         options: dict[str, Any] = {
             "verify_checksum": verify_checksum,
             "checksum_sample_rate": checksum_sample_rate,
         }
+        if backend == TransportBackend.TCP:
+            options["settings"] = tcp
         if kv_group is not None and backend == kv_group.backend:
             options |= {
                 "rank": kv_group.rank,

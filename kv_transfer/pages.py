@@ -7,6 +7,7 @@ agree on it bit for bit, so its golden values are pinned by a test.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,14 @@ class TransportBackend(enum.StrEnum):
     LOCAL = "local"
     CUDA_IPC = "cuda_ipc"
     NCCL = "nccl"
+    TCP = "tcp"
+
+
+def known_backends(names: Iterable[str]) -> frozenset[TransportBackend]:
+    """The backends named that this version knows; a newer peer's others are skipped (it can
+    still pair over the ones both know), so a rolling upgrade never breaks on a new name."""
+    known = {backend.value for backend in TransportBackend}
+    return frozenset(TransportBackend(name) for name in names if name in known)
 
 
 class TransferDirection(enum.StrEnum):

@@ -93,6 +93,9 @@ def add_client_flags(parser: argparse.ArgumentParser, token_env: str = TOKEN_ENV
     parser.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
     parser.add_argument("--tls-key", type=Path, help="its private key")
     parser.add_argument(
+        "--tls-server-name", help="verify the server's certificate as this name, not the host"
+    )
+    parser.add_argument(
         "--auth-token-file", type=Path, help=f"bearer token file (default: env {token_env})"
     )
 
@@ -103,6 +106,8 @@ def client_security(
     """Raises ValueError (pydantic's ValidationError) naming the flag's setting at fault."""
     files = {"ca_file": args.tls_ca, "cert_file": args.tls_cert, "key_file": args.tls_key}
     given = {field: path for field, path in files.items() if path is not None}
+    if args.tls_server_name:
+        given["server_name"] = args.tls_server_name
     tls = TLSConfig(**given) if given or args.tls else None
     if args.auth_token_file is not None:
         return ClientSecurity(tls, read_token_file(args.auth_token_file))

@@ -33,10 +33,17 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def tls_options(tls: TLSConfig | None) -> list[tuple[str, str]]:
+    """A TLS channel verifies the server as `tls.server_name` when one is set."""
+    if tls is None or tls.server_name is None:
+        return []
+    return [("grpc.ssl_target_name_override", tls.server_name)]
+
+
 def open_channel(
     address: str, tls: TLSConfig | None, token: SecretStr | None, max_message_bytes: int
 ) -> grpc.Channel:
-    options = channel_options(max_message_bytes)
+    options = channel_options(max_message_bytes) + tls_options(tls)
     credentials = channel_credentials(tls)
     if credentials is None:
         channel = grpc.insecure_channel(address, options=options)
@@ -48,7 +55,7 @@ def open_channel(
 def open_aio_channel(
     address: str, tls: TLSConfig | None, token: SecretStr | None, max_message_bytes: int
 ) -> grpc.aio.Channel:
-    options = channel_options(max_message_bytes)
+    options = channel_options(max_message_bytes) + tls_options(tls)
     interceptors = aio_bearer_interceptors(token) if token is not None else None
     credentials = channel_credentials(tls)
     if credentials is None:

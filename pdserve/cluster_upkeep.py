@@ -16,6 +16,7 @@ import ray
 
 from kv_transfer.shm_segments import sweep_orphan_segments
 from pdserve.workers import WorkerIdentity
+from router.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,7 @@ class ClusterUpkeep:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await stop_task(task)
         self._tasks = []
 
     async def _watch_exits(self) -> None:

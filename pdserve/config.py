@@ -20,16 +20,16 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from engine.builder import DEFAULT_MODEL_CACHE, RunnerKind
 from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
-from pdserve.auth import token_from_file
 from pdserve.ratio import parse_ratio, split_ratio
 from pdserve.tls import TLSConfig
+from pdserve.token_files import TokenFiles
 from router.config import PolicyName
 
 _DIRECT_SIZES = ("num_prefill", "num_decode")
 _RATIO_SIZES = ("ratio", "num_workers")
 
 
-class ClusterConfig(BaseSettings):
+class ClusterConfig(TokenFiles, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PDSERVE_", frozen=True, extra="forbid")
 
     model: str = Field("smollm2-135m", description="Model alias, local HF directory or .gguf file.")
@@ -67,8 +67,9 @@ class ClusterConfig(BaseSettings):
     )
     transport: TransportBackend = Field(
         TransportBackend.SHM,
-        description="KV transfer backend: shm (pairs chosen by topology: shm on one node), or "
-        "gloo (every worker joins one KV group and every pair uses it).",
+        description="KV transfer backend: shm (pairs chosen by topology: shm on one node), "
+        "gloo (every worker joins one KV group and every pair uses it), or tcp (every worker "
+        "holds point-to-point streams and every pair uses them; no group, so pools can grow).",
     )
     lease_ttl_s: float = Field(30.0, gt=0, description="Pins of handed-off pages without an ack.")
     transfer_timeout_s: float = Field(
@@ -139,9 +140,6 @@ class ClusterConfig(BaseSettings):
     auth_token: SecretStr | None = Field(
         None, description="Bearer token every public call must carry; unset = none asked."
     )
-    auth_token_file: Path | None = Field(
-        None, description="File holding auth_token (instead of giving it)."
-    )
     internal_tls: TLSConfig | None = Field(
         None,
         description="TLS between router and workers and between workers, the same files on "
@@ -151,15 +149,6 @@ class ClusterConfig(BaseSettings):
     internal_auth_token: SecretStr | None = Field(
         None, description="Bearer token of every router → worker and worker → worker call."
     )
-    internal_auth_token_file: Path | None = Field(
-        None, description="File holding internal_auth_token (instead of giving it)."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _tokens_from_files(cls, data: Any) -> Any:
-        data = token_from_file(data, "auth_token", "auth_token_file")
-        return token_from_file(data, "internal_auth_token", "internal_auth_token_file")
 
     @model_validator(mode="before")
     @classmethod
@@ -194,9 +183,13 @@ class ClusterConfig(BaseSettings):
     @model_validator(mode="after")
     def _local_transport(self) -> ClusterConfig:
         # CPU workers in separate processes: local is in-process only, cuda_ipc/nccl need GPUs.
-        if self.transport not in (TransportBackend.SHM, TransportBackend.GLOO):
+        if self.transport not in (
+            TransportBackend.SHM,
+            TransportBackend.GLOO,
+            TransportBackend.TCP,
+        ):
             raise ValueError(
-                f"transport: a local cluster moves KV over shm or gloo, not {self.transport}"
+                f"transport: a local cluster moves KV over shm, gloo or tcp, not {self.transport}"
             )
         return self
 

@@ -77,7 +77,9 @@ def drain_worker(
 
 
 def _unreachable(error: grpc.RpcError) -> bool:
-    return error.code() == grpc.StatusCode.UNAVAILABLE
+    # CANCELLED: the server stopped with the call in flight (GOAWAY); this client never
+    # cancels its own calls, so it means the worker went away as well.
+    return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def _positive_seconds(text: str) -> float:

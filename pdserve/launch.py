@@ -31,7 +31,7 @@ from engine.builder import EngineConfig
 from engine.weights import resolve_model
 from kv_transfer.collective import KVGroupSpec
 from kv_transfer.factory import COLLECTIVE_BACKENDS
-from kv_transfer.pages import Role
+from kv_transfer.pages import Role, TransportBackend
 from pdserve.cluster_upkeep import ClusterUpkeep, WorkerHandle
 from pdserve.config import ClusterConfig
 from pdserve.scaling import PoolScaler, PoolSizes, cluster_service
@@ -185,6 +185,7 @@ class LocalCluster:
             "engine": self._engine_config(),
             "transport": self.config.transport,
             "kv_group": kv_group,
+            "kv_tcp_port": 0 if self.config.transport == TransportBackend.TCP else None,
             "metrics_port": self.config.worker_metrics_port,
             "drain_quiet_s": self.config.drain_quiet_s,
             "drain_timeout_s": self.config.drain_timeout_s,
@@ -234,9 +235,11 @@ class LocalCluster:
             auth_token=self.config.auth_token,
             internal_tls=self.config.internal_tls,
             internal_auth_token=self.config.internal_auth_token,
-            # A KV group is formed to be used: every pair moves KV over it. Without one the
-            # topology decides per pair (shm between workers of this node).
-            kv_backend=self.config.transport if self._forms_kv_group else None,
+            # A KV group (or tcp) is configured to be used: every pair moves KV over it.
+            # Otherwise the topology decides per pair (shm between workers of this node).
+            kv_backend=None
+            if self.config.transport == TransportBackend.SHM
+            else self.config.transport,
         )
 
 

@@ -21,13 +21,12 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from pdserve import auth_flags, layered_config
-from pdserve.auth import token_from_file
+from pdserve.token_files import TokenFiles
 from router.config import RouterConfig
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ _MODEL_CACHE = Path.home() / ".cache" / "pdserve" / "models"
 REDIS_URL_ENV = "PDSERVE_REDIS_URL"
 
 
-class RouterServiceConfig(RouterConfig):
+class RouterServiceConfig(TokenFiles, RouterConfig):
     """The router pod's settings: every RouterConfig field, read from PDSERVE_*, and the model.
 
     `model_dir` may be left unset: `router_config()` resolves `model` into it."""
@@ -61,18 +60,6 @@ class RouterServiceConfig(RouterConfig):
         "(redis://[:password@]host:port/db, rediss:// for TLS). Required: this router "
         f"discovers workers only there. Env {REDIS_URL_ENV}.",
     )
-    auth_token_file: Path | None = Field(
-        None, description="File holding auth_token (instead of giving it)."
-    )
-    internal_auth_token_file: Path | None = Field(
-        None, description="File holding internal_auth_token (instead of giving it)."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _tokens_from_files(cls, data: Any) -> Any:
-        data = token_from_file(data, "auth_token", "auth_token_file")
-        return token_from_file(data, "internal_auth_token", "internal_auth_token_file")
 
     @model_validator(mode="after")
     def _has_a_registry(self) -> RouterServiceConfig:
@@ -98,6 +85,12 @@ def add_router(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="public gRPC port (default 50051)")
     parser.add_argument(
         "--metrics-port", dest="metrics_port", type=int, help="Prometheus /metrics port"
+    )
+    parser.add_argument(
+        "--health-port",
+        dest="health_port",
+        type=int,
+        help="plaintext port serving only grpc.health.v1 (probes, when the public API is TLS)",
     )
     parser.add_argument("--model", help="the workers' model: alias, HF directory or .gguf file")
     auth_flags.add_server_flags(parser)

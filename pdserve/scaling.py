@@ -31,6 +31,7 @@ from kv_transfer.pages import Role
 from pdserve.v1 import cluster_pb2, cluster_pb2_grpc
 from router.errors import RouterError
 from router.server import RouterServer
+from router.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,7 @@ class PoolScaler:
         """Cancels a running Scale (cluster shutdown)."""
         task, self._running = self._running, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_task(task)
 
     async def _scale(self, target: ScaleTarget) -> cluster_pb2.ScaleResponse:
         current = self._pools.sizes()

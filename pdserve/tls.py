@@ -9,8 +9,11 @@ A server needs cert_file + key_file; with require_client_cert (mTLS) it also nee
 refuses any client whose certificate that CA did not sign. A channel verifies the server
 against ca_file (the system roots when unset) and presents cert_file + key_file when given, so
 one internal certificate (no extended key usage, or serverAuth + clientAuth) serves both sides.
-Peers are verified by the host of the address dialled: certificates need SANs for the IPs or
-names workers and routers bind (e.g. IP:127.0.0.1 on a local cluster). Unset = plaintext.
+Peers are verified by the host of the address dialled — certificates need SANs for the IPs or
+names workers and routers bind (e.g. IP:127.0.0.1 on a local cluster) — or, with
+`server_name`, by that one name (Kubernetes: pod IPs change). Unset = plaintext.
+The tcp KV backend's streams (decode ← prefill) run TLS from the same internal files
+(`ssl_server_context`, `ssl_client_context`).
 
 Torch-free and Ray-free: the router imports it.
 """
@@ -18,6 +21,7 @@ Torch-free and Ray-free: the router imports it.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +46,12 @@ class TLSConfig(BaseModel):
     )
     require_client_cert: bool = Field(
         False, description="mTLS: a server refuses clients without a certificate from ca_file."
+    )
+    server_name: str | None = Field(
+        None,
+        description="A channel verifies the server's certificate against this name instead of "
+        "the host it dials: one internal certificate (with this DNS SAN) then serves every "
+        "pod, whatever its IP. Unset = the host dialled.",
     )
 
     @field_validator("cert_file", "key_file", "ca_file")
@@ -96,6 +106,32 @@ def channel_credentials(tls: TLSConfig | None) -> grpc.ChannelCredentials | None
         private_key=_read(tls.key_file),
         certificate_chain=_read(tls.cert_file),
     )
+
+
+def ssl_server_context(tls: TLSConfig | None) -> ssl.SSLContext | None:
+    """`server_credentials` for a raw TLS stream (the tcp KV backend); None for plaintext."""
+    if tls is None:
+        return None
+    if not tls.can_serve:
+        raise ValueError("cert_file: a TLS server needs a certificate and its key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(tls.ca_file)
+    return context
+
+
+def ssl_client_context(tls: TLSConfig | None) -> ssl.SSLContext | None:
+    """`channel_credentials` for a raw TLS stream: verifies the server against ca_file or the
+    system roots, presents cert_file when given; None for plaintext. The name checked is the
+    caller's (`tls.server_name`, else the host dialled)."""
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
 
 
 def bind(server: _Server, address: str, tls: TLSConfig | None) -> int:

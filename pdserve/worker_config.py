@@ -13,7 +13,9 @@ from kv_transfer.collective import KVGroupSpec
 from kv_transfer.factory import held_backends
 from kv_transfer.faults import FaultPlan
 from kv_transfer.pages import TransportBackend
-from pdserve.tls import TLSConfig
+from kv_transfer.tcp import TcpSettings
+from kv_transfer.tcp_server import TcpEndpoint
+from pdserve.tls import TLSConfig, ssl_client_context, ssl_server_context
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 
@@ -34,6 +36,15 @@ class WorkerConfig(BaseSettings):
     )
     kv_group: KVGroupSpec | None = Field(
         None, description="This worker's place in the cluster's KV group (gloo/nccl), if any."
+    )
+    kv_tcp_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Hold the tcp KV backend: point-to-point streams to peers on any node, "
+        "formed on demand (no KV group, so pools can grow). A prefill worker serves its "
+        "exports on host:kv_tcp_port (0 picks a free port), dialled at advertise_host, over "
+        "TLS when internal_tls is set. Unset = no tcp backend.",
     )
     verify_checksum: bool = Field(
         True,
@@ -59,6 +70,13 @@ class WorkerConfig(BaseSettings):
         ge=0,
         le=65535,
         description="Prometheus /metrics HTTP port; 0 = ephemeral, unset = off.",
+    )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Plaintext port on `host` serving only grpc.health.v1 (the same statuses "
+        "as `port`), for probes that cannot speak TLS; 0 = ephemeral, unset = off.",
     )
     drain_quiet_s: float = Field(
         3.0,
@@ -126,8 +144,25 @@ class WorkerConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _holds_its_transport(self) -> WorkerConfig:
-        held_backends(self.transport, self.kv_group)
+        held_backends(self.transport, self.kv_group, self.kv_tcp_port is not None)
         return self
+
+    def tcp_settings(self, serves: bool) -> TcpSettings | None:
+        """The tcp backend of this worker (None without kv_tcp_port); a source (`serves`)
+        listens, a worker that only fetches does not. Build it inside the worker's process:
+        it holds SSL contexts."""
+        if self.kv_tcp_port is None:
+            return None
+        name = self.internal_tls.server_name if self.internal_tls is not None else None
+        client_ssl = ssl_client_context(self.internal_tls)
+        if not serves:
+            return TcpSettings(client_ssl=client_ssl, server_name=name)
+        return TcpSettings(
+            TcpEndpoint(self.host, self.kv_tcp_port, self.advertised_host),
+            ssl_server_context(self.internal_tls),
+            client_ssl,
+            name,
+        )
 
     @field_validator("transfer_faults")
     @classmethod

@@ -24,6 +24,7 @@ from pdserve.worker_settings import WorkerServiceConfig
 from pdserve.workers import MAX_MESSAGE_BYTES
 from router.redis_registry import RedisRegistry
 from router.registry import WorkerRecord
+from router.tasks import stop_task
 from router.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ class WorkerLifecycle:
     async def close(self) -> None:
         task, self._keep_alive = self._keep_alive, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_task(task)  # a lost cancel (Python 3.11 wait_for) must not hang exit
         await self._registration.deregister()
         try:
             await asyncio.wait_for(self._actor.stop.remote(0.0), _STOP_TIMEOUT_S)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50061
+DEFAULT_KV_PORT = 50071
 
 
 def add_worker(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +47,19 @@ def add_worker(parser: argparse.ArgumentParser) -> None:
         "--advertise-host", dest="advertise_host", help="host routers dial (e.g. the pod IP)"
     )
     parser.add_argument(
+        "--kv-tcp-port",
+        dest="kv_tcp_port",
+        type=int,
+        help=f"port a prefill worker serves KV to decode workers on (default {DEFAULT_KV_PORT})",
+    )
+    parser.add_argument(
         "--metrics-port", dest="metrics_port", type=int, help="Prometheus /metrics port"
+    )
+    parser.add_argument(
+        "--health-port",
+        dest="health_port",
+        type=int,
+        help="plaintext port serving only grpc.health.v1 (probes, when the internal edge is TLS)",
     )
     parser.add_argument(
         "--ray-address", dest="ray_address", help="GCS host:port of the Ray cluster to join"

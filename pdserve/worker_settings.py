@@ -23,9 +23,9 @@ from pydantic_settings import SettingsConfigDict
 from decode_worker.config import DecodeWorkerConfig
 from engine.builder import EngineConfig, RunnerKind
 from kv_transfer.pages import Role
-from pdserve.auth import token_from_file
 from pdserve.config import ClusterConfig
-from pdserve.worker_main import DEFAULT_PORT
+from pdserve.token_files import InternalTokenFile
+from pdserve.worker_main import DEFAULT_KV_PORT, DEFAULT_PORT
 from prefill_worker.config import PrefillWorkerConfig
 
 REDIS_URL_ENV = "PDSERVE_REDIS_URL"
@@ -49,7 +49,7 @@ def _as_in_up(name: str) -> Any:
     return copy.copy(ClusterConfig.model_fields[name])
 
 
-class WorkerServiceConfig(DecodeWorkerConfig, PrefillWorkerConfig):
+class WorkerServiceConfig(InternalTokenFile, DecodeWorkerConfig, PrefillWorkerConfig):
     """Cross-checked at construction, the role's config included (`actor_config`)."""
 
     model_config = SettingsConfigDict(
@@ -63,6 +63,14 @@ class WorkerServiceConfig(DecodeWorkerConfig, PrefillWorkerConfig):
         "Kubernetes the pod's name, unique among live pods).",
     )
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Internal gRPC port.")
+    kv_tcp_port: int | None = Field(
+        DEFAULT_KV_PORT,
+        ge=0,
+        le=65535,
+        description="The tcp KV backend, which pairs workers of different machines (no KV "
+        "group): a prefill worker serves exported KV on host:kv_tcp_port; null = none, "
+        "which leaves only peers of this machine (shm).",
+    )
     max_grpc_threads: int | None = Field(
         None,
         ge=4,
@@ -93,9 +101,6 @@ class WorkerServiceConfig(DecodeWorkerConfig, PrefillWorkerConfig):
         description="How often the worker rewrites its record (its load, and the TTL); at "
         "most a third of registry_ttl_s, so two lost refreshes do not expire it.",
     )
-    internal_auth_token_file: Path | None = Field(
-        None, description="File holding internal_auth_token (instead of giving it)."
-    )
     model: str = _as_in_up("model")
     model_cache_dir: Path = _as_in_up("model_cache_dir")
     dtype: Literal["float32", "bfloat16"] = _as_in_up("dtype")
@@ -110,11 +115,6 @@ class WorkerServiceConfig(DecodeWorkerConfig, PrefillWorkerConfig):
         default_factory=EngineConfig,
         description="Built from the flat engine settings above; not a setting of its own.",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _token_from_file(cls, data: Any) -> Any:
-        return token_from_file(data, "internal_auth_token", "internal_auth_token_file")
 
     @model_validator(mode="before")
     @classmethod

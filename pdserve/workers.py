@@ -1,4 +1,5 @@
-"""What both worker roles share at their edge: identity, stats message, gRPC server start.
+"""What both worker roles share at their edge: identity, stats message, gRPC server start
+(the internal server and, with `health_port`, the plaintext health-only one).
 
 Both worker packages import this module; they never import each other.
 """
@@ -24,6 +25,7 @@ from kv_transfer.pages import KVLayout, Role, TransportBackend
 from kv_transfer.wire import layout_to_proto
 from pdserve.auth import TokenServerInterceptor
 from pdserve.channels import message_size_options
+from pdserve.health_port import start_health_server
 from pdserve.metrics_export import MetricsExporter
 from pdserve.tls import TLSConfig, bind
 from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
@@ -128,6 +130,23 @@ def serve_metrics(metrics: MetricsExporter, config: WorkerConfig) -> int:
     return metrics.serve_http(config.host, config.metrics_port)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerServers:
+    """A worker's running gRPC servers: the internal one and, with health_port, the
+    health-only one (pdserve/health_port.py)."""
+
+    internal: grpc.Server
+    health: grpc.Server | None = None
+    health_port: int = 0  # the bound health-only port; 0 when off
+
+    def stop(self, grace_s: float) -> None:
+        """Blocks until both stopped; calls in flight get `grace_s`, and health answers
+        (NOT_SERVING, once the worker's health stopped) until the internal server is down."""
+        self.internal.stop(grace_s).wait()
+        if self.health is not None:
+            self.health.stop(0).wait()
+
+
 def serve_worker(
     servicer: worker_pb2_grpc.WorkerServicer,
     config: WorkerConfig,
@@ -136,9 +155,9 @@ def serve_worker(
     layout: KVLayout,
     kv_backends: tuple[TransportBackend, ...],
     health: HealthServicer,
-) -> tuple[grpc.Server, WorkerIdentity]:
-    """Starts the internal gRPC server for `servicer` and `health` (grpc.health.v1) and
-    describes the running worker."""
+) -> tuple[WorkerServers, WorkerIdentity]:
+    """Starts the internal gRPC server for `servicer` and `health` (grpc.health.v1), and the
+    health-only one when config.health_port is set; describes the running worker."""
 
     def register(server: grpc.Server) -> None:
         worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
@@ -152,6 +171,11 @@ def serve_worker(
         config.internal_tls,
         config.internal_auth_token,
     )
+    servers = WorkerServers(server)
+    if config.health_port is not None:
+        servers = WorkerServers(
+            server, *start_health_server(health, config.host, config.health_port)
+        )
     identity = WorkerIdentity(
         worker_id=config.worker_id,
         role=role,
@@ -163,7 +187,7 @@ def serve_worker(
         transport=config.transport,
         kv_backends=kv_backends,
     )
-    return server, identity
+    return servers, identity
 
 
 def start_grpc_server(

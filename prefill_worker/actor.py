@@ -55,6 +55,7 @@ class PrefillWorker:
             checksum_sample_rate=config.checksum_sample_rate,
             observer=self.metrics,
             faults=config.fault_plan,
+            tcp=config.tcp_settings(serves=True),
         )
         self._leases = LeaseTable(self._transports, self._free_pages, config.lease_ttl_s)
         self._loop.add_periodic(lambda core: self._leases.expire())
@@ -95,7 +96,7 @@ class PrefillWorker:
 
     def _stop(self, grace_s: float) -> None:
         self._edge.close()
-        self._server.stop(grace_s).wait()
+        self._server.stop(grace_s)
         self._leases.release_all()
         self._loop.stop()
         self._transports.close()

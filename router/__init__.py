@@ -21,6 +21,7 @@ Module map, in the order a request meets them:
     redis_registry.py  the registry shared by router replicas through Redis
     monitor.py       GetStats polling: load, liveness, health
     page_feed.py     workers' WatchPageEvents streams -> the prefix index
+    tasks.py         stopping a background task for good, within a deadline
     prefix_index.py  PrefixIndex interface + in-memory backend (the hint: who holds which pages)
     redis_index.py   the Redis backend (Lua: apply and lookup in one round trip each)
     breaker.py       circuit breaker: Redis down -> load-only routing, never a failed request

@@ -126,6 +126,13 @@ class RouterConfig(BaseSettings):
         le=65535,
         description="Prometheus /metrics HTTP port; 0 = ephemeral, unset = off.",
     )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only grpc.health.v1 (the same statuses as `port`), "
+        "for probes that cannot speak TLS; 0 = ephemeral, unset = off.",
+    )
     kv_backend: TransportBackend | None = Field(
         None,
         description="KV backend of every (prefill, decode) pair instead of the topology's "

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from router.errors import RouterError, WorkerUnavailable
 from router.registry import WorkerRecord, WorkerRegistry
+from router.tasks import stop_task
 from router.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,10 @@ class WorkerMonitor:
             self._task = asyncio.create_task(self._run(), name="worker-monitor")
 
     async def stop(self) -> None:
+        """Ends the polling task, mid-round or not (within tasks.STOP_TIMEOUT_S)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_task(task)
 
     async def poll_once(self) -> list[WorkerRecord]:
         """One round over every registered worker; returns the snapshot after it."""

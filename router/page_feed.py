@@ -10,8 +10,9 @@ One asyncio task per followed worker incarnation (worker_id, epoch, address):
              what it held before
     retry    the stream fails (worker restarting or gone) or the index does: wait, reopen;
              the wait doubles from `retry_s` up to `max_retry_s` while failures repeat
-    stop     `sync` no longer lists the incarnation alive: the task is cancelled and, when the
-             worker is gone or restarted, its entries are purged from the index
+    stop     `sync` no longer lists the incarnation alive: the task is stopped (tasks.py:
+             cancelled until it ends, within a deadline) and, when the worker is gone or
+             restarted, its entries are purged from the index
 
 `resync()` restarts every stream from a snapshot: the router calls it when the index's circuit
 breaker closes again after an outage. `sync(workers)` runs after every monitor round; it also refreshes the live workers' entries in
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from router.errors import RouterError
 from router.prefix_index import PrefixIndex
 from router.registry import WorkerRecord
+from router.tasks import stop_task
 from router.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
@@ -84,14 +86,14 @@ class PageEventFeed:
             )
 
     async def stop(self) -> None:
+        """Ends every stream task (each within tasks.STOP_TIMEOUT_S)."""
         for incarnation in list(self._tasks):
             await self._unfollow(incarnation)
 
     async def _unfollow(self, incarnation: _Incarnation) -> None:
         task = self._tasks.pop(incarnation, None)
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_task(task)
 
     async def _follow(self, incarnation: _Incarnation) -> None:
         seq = -1  # no cursor: the first stream starts with a snapshot

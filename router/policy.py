@@ -109,15 +109,16 @@ def has_route(workers: Sequence[WorkerRecord], kv_backend: TransportBackend | No
 def pair_backend(
     prefill: WorkerRecord, decode: WorkerRecord, override: TransportBackend | None = None
 ) -> TransportBackend | None:
-    """The backend moving KV from `prefill` to `decode`; None when they cannot pair: their
-    layouts differ, the override cannot serve their topology, or one lacks the backend."""
+    """The backend moving KV from `prefill` to `decode` (topology.choose_backend among the
+    backends both hold); None when they cannot pair: their layouts differ, the override cannot
+    serve their topology or is not held by both, or no backend both hold serves them."""
     if prefill.layout != decode.layout:
         return None
+    held = prefill.kv_backends & decode.kv_backends
     try:
-        backend = choose_backend(prefill.topology, decode.topology, override)
-    except ValueError:  # the override cannot serve this pair's topology
+        return choose_backend(prefill.topology, decode.topology, override, held)
+    except ValueError:  # no backend both hold serves this pair (or the override cannot)
         return None
-    return backend if backend in prefill.kv_backends & decode.kv_backends else None
 
 
 def pick_route(

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from kv_transfer.pages import KVLayout, Role, TransportBackend
+from kv_transfer.pages import KVLayout, Role, TransportBackend, known_backends
 from router.breaker import BreakerState, CircuitBreaker, DependencyUnavailable
 from router.registry import (
     InMemoryRegistry,
@@ -133,9 +133,15 @@ class RedisRegistry(WorkerRegistry):
         self.breaker.add_listener(self._log_outage)
         self._local = InMemoryRegistry()
         # One immediate retry replaces a pooled connection that a Redis restart broke; the
-        # breaker, not redis-py's backoff, decides when to try again after that.
+        # breaker, not redis-py's backoff, decides when to try again after that. The breaker
+        # bounds every call; the connect timeout bounds `close` too: redis-py's disconnect
+        # waits under it for the socket to close, which waits for unsent bytes that a paused
+        # Redis may never take.
         self._redis = aioredis.Redis.from_url(
-            url, decode_responses=True, retry=Retry(NoBackoff(), retries=1)
+            url,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), retries=1),
+            socket_connect_timeout=self.breaker.call_timeout_s,
         )
         self._ids_key = f"{key_prefix}:workers"
         self._record_prefix = f"{key_prefix}:worker:"
@@ -189,7 +195,8 @@ class RedisRegistry(WorkerRegistry):
         return dropped
 
     async def close(self) -> None:
-        """Releases the Redis connections; the local registry stays readable."""
+        """Releases the Redis connections, each within the breaker's call timeout; the local
+        registry stays readable."""
         await self._redis.aclose()
 
     def check_integrity(self) -> None:
@@ -286,7 +293,7 @@ def record_from_fields(fields: dict[str, str]) -> WorkerRecord:
         pid=int(fields["pid"]),
         metrics_port=int(fields.get("metrics_port", 0)),
         transport=TransportBackend(fields["transport"]),
-        kv_backends=frozenset(TransportBackend(b) for b in backends.split(",") if b),
+        kv_backends=known_backends(backends.split(",")),
         load=WorkerLoad(**load),
         last_seen_s=float(fields["seen_unix_s"]),
     )

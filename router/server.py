@@ -1,5 +1,6 @@
 """The router process: its parts wired, and its gRPC server — pdserve.v1.Generation
-(generation_service.py), grpc.health.v1, reflection and any launcher-added service.
+(generation_service.py), grpc.health.v1, reflection and any launcher-added service — plus,
+with `health_port`, the plaintext health-only one (pdserve/health_port.py).
 
 Health is SERVING while some route exists (see policy.has_route) and NOT_SERVING once shutdown
 begins. After every monitor round: other routers' registrations are taken in, the live
@@ -19,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.config import ModelConfig
 from pdserve.channels import message_size_options
+from pdserve.health_port import start_aio_health_server
 from pdserve.tls import bind
 from router import auth
 from router.backends import make_index, make_registry
@@ -36,6 +38,8 @@ from router.requests import RequestTable
 from router.tokenizer import Tokenizer
 from router.validation import RequestValidator, ValidationLimits
 from router.worker_client import WorkerClients
+
+LIVENESS_SERVICE = "liveness"  # grpc.health.v1 name: SERVING while the router serves
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +97,11 @@ class RouterServer:
             drop_dead_after_s=config.registry_ttl_s,
         )
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._round_lock = asyncio.Lock()
         self._port = 0
         self.metrics_port = 0  # the bound /metrics port; 0 while not serving metrics
+        self.health_port = 0  # the bound health-only port; 0 while it is off
 
     @property
     def port(self) -> int:
@@ -143,22 +149,33 @@ class RouterServer:
             server,
         )
         self._port = bind(server, self.config.bind_address, self.config.tls)
+        # Liveness answers from this event loop whatever the workers do: a router without a
+        # route is unready (""), not dead, and must not be restarted for it.
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._after_round()
         await server.start()
         self._server = server
+        if self.config.health_port is not None:
+            self._health_server, self.health_port = await start_aio_health_server(
+                self.health, self.config.host, self.config.health_port
+            )
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
         self.monitor.start()
         log.info("router serving %s on port %d", self.config.served_model, self._port)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING at once, then lets streams finish for up to `grace_s` seconds."""
+        """NOT_SERVING at once, then lets streams finish for up to `grace_s` seconds; the
+        health-only port answers NOT_SERVING until then."""
         server, self._server = self._server, None
+        health_server, self._health_server = self._health_server, None
         await self.health.enter_graceful_shutdown()
         await self.monitor.stop()
         await self.feed.stop()
         if server is not None:
             await server.stop(grace_s)
+        if health_server is not None:
+            await health_server.stop(0)
         await self.clients.close()
         await self.index.close()
         await self.registry.close()

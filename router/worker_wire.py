@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from kv_transfer.pages import KVHandle, Role, TransportBackend
+from kv_transfer.pages import KVHandle, Role, TransportBackend, known_backends
 from kv_transfer.wire import handle_from_proto, handle_to_proto, layout_from_proto
 from pdserve.v1 import worker_pb2
 from router.prefix_index import EventBatch, IndexEvent
@@ -142,6 +142,6 @@ def record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
         pid=info.pid,
         metrics_port=info.metrics_port,
         transport=TransportBackend(info.transport),
-        kv_backends=frozenset(TransportBackend(name) for name in stats.kv_backends),
+        kv_backends=known_backends(stats.kv_backends),
         load=load,
     )

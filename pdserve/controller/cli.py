@@ -3,6 +3,7 @@
     pdserve controller --metrics-url http://router:9090/metrics --ttft-slo 0.5 --tpot-slo 0.05
     pdserve controller --metrics-url http://router-0:9090/metrics \\
         --metrics-url http://router-1:9090/metrics --max-total-workers 8 --apply
+    pdserve controller --metrics-service pdserve-router-metrics:9090 --apply  # every replica
 
 Dry-run unless --apply: each decision is logged and exported, no Deployment is patched.
 """
@@ -24,6 +25,7 @@ from pdserve.controller.config import ControllerConfig
 # ControllerConfig field → its flag, for the flags themselves and for naming one in an error.
 _FLAGS = {
     "metrics_urls": "--metrics-url",
+    "metrics_service": "--metrics-service",
     "period_s": "--period",
     "scrape_timeout_s": "--scrape-timeout",
     "ttft_slo_s": "--ttft-slo",
@@ -50,6 +52,9 @@ _FLAGS = {
 }
 
 
+_METAVARS = {"metrics_service": "HOST:PORT"}
+
+
 def add_controller(parser: argparse.ArgumentParser) -> None:
     """The flags of `pdserve controller`; each defaults to unset, so PDSERVE_CONTROLLER_* and
     then ControllerConfig's defaults apply (`pdserve controller --help` shows them)."""
@@ -58,7 +63,8 @@ def add_controller(parser: argparse.ArgumentParser) -> None:
         dest="metrics_urls",
         action="append",
         metavar="URL",
-        help="a router's /metrics, e.g. http://router:9090/metrics; repeat per replica (summed)",
+        help="a router's /metrics, e.g. http://router:9090/metrics; repeat per replica "
+        "(summed); or instead --metrics-service",
     )
     parser.add_argument(
         "--apply", action="store_true", default=None, help="patch the Deployments' scale"
@@ -73,7 +79,7 @@ def add_controller(parser: argparse.ArgumentParser) -> None:
             flag,
             dest=field,
             type=_flag_type(info.annotation),
-            metavar="SECONDS" if field.endswith("_s") else None,
+            metavar=_METAVARS.get(field, "SECONDS" if field.endswith("_s") else None),
             help=f"{info.description}{default}".replace("%", "%%"),
         )
     parser.set_defaults(run=run_controller)

@@ -7,6 +7,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pdserve.controller.decisions import StabilizerPolicy
+from pdserve.controller.discovery import MetricsService
 from pdserve.controller.pools import ByPool
 from pdserve.controller.signals import SloBounds
 from pdserve.controller.sizing import PoolBounds, SizingPolicy
@@ -19,9 +20,16 @@ class ControllerConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PDSERVE_CONTROLLER_", frozen=True)
 
     metrics_urls: tuple[str, ...] = Field(
-        min_length=1,
+        (),
         description="Every router replica's Prometheus endpoint (http://router:9090/metrics); "
-        "their rates are summed. One that cannot be read holds every pool (no_signal).",
+        "their rates are summed. One that cannot be read holds every pool (no_signal). "
+        "Give this or metrics_service.",
+    )
+    metrics_service: str | None = Field(
+        None,
+        description="host:port of a headless Service listing every ready router "
+        "(pdserve-router-metrics:9090): resolved at each read, each address (IPv4 or IPv6) "
+        "read as http://<ip>:<port>/metrics. Give this or metrics_urls.",
     )
     period_s: float = Field(30.0, gt=0, description="Seconds between two reads and decisions.")
     scrape_timeout_s: float = Field(5.0, gt=0, description="Timeout of one router's read.")
@@ -104,6 +112,21 @@ class ControllerConfig(BaseSettings):
                 raise ValueError(f"expected an http(s):// URL; got {url!r}")
         return urls
 
+    @field_validator("metrics_service")
+    @classmethod
+    def _host_port(cls, address: str | None) -> str | None:
+        if address is not None:
+            MetricsService.parse(address)
+        return address
+
+    @model_validator(mode="after")
+    def _one_router_source(self) -> ControllerConfig:
+        if self.metrics_urls and self.metrics_service is not None:
+            raise ValueError("metrics_service: give metrics_service or metrics_urls, not both")
+        if not self.metrics_urls and self.metrics_service is None:
+            raise ValueError("metrics_urls: give metrics_urls or metrics_service (one is required)")
+        return self
+
     @model_validator(mode="after")
     def _bounds_fit(self) -> ControllerConfig:
         for pool in ("prefill", "decode"):
@@ -117,6 +140,11 @@ class ControllerConfig(BaseSettings):
                 f"({self.min_prefill + self.min_decode}); got {budget}"
             )
         return self
+
+    @property
+    def router_service(self) -> MetricsService | None:
+        """metrics_service parsed; None when the routers are the fixed metrics_urls."""
+        return None if self.metrics_service is None else MetricsService.parse(self.metrics_service)
 
     @property
     def slo(self) -> SloBounds:

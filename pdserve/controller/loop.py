@@ -1,10 +1,12 @@
 """The controller's loop: one tick every period, each pool's decision logged and exported.
 
 One tick, in order:
-  1. read every router's /metrics (`scrape_routers`); the rates since the last good read
-     come from `SignalWindow` (the first read is only a baseline: hold, warmup)
+  1. read every router's /metrics (`scrape_of`: the --metrics-url list, or each address of
+     --metrics-service resolved anew); the rates since the last good read come from
+     `SignalWindow` (the first read is only a baseline: hold, warmup)
   2. read both Deployments (`DeploymentPools.read`); unreadable: hold, kube_error
-  3. a router unreadable: hold, no_signal (a partial sum would under-size the pools)
+  3. a router unreadable, or the Service not resolved: hold, no_signal (a partial sum would
+     under-size the pools)
   4. desired sizes from the rates and the per-worker capacities (`sizing.desired_sizes`)
   5. per pool, the stabilizer's action: pending pods, warm-up, hysteresis, cooldown; a
      settled pool's interval then refines its per-worker capacity (`CapacityEstimate`), used
@@ -21,12 +23,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kv_transfer.pages import Role
 from pdserve.controller.capacity import CapacityEstimate
 from pdserve.controller.config import ControllerConfig
 from pdserve.controller.decisions import Decision, Stabilizer, hold, is_settled_sample
+from pdserve.controller.discovery import Resolver, resolve_ips
 from pdserve.controller.kube import DeploymentPools, KubeError
 from pdserve.controller.metrics import ControllerMetrics
 from pdserve.controller.pools import POOLS, ByPool, PoolStatus
@@ -38,6 +41,19 @@ from pdserve.controller.sizing import desired_sizes, pool_demands
 log = logging.getLogger(__name__)
 
 Scrape = Callable[[], dict[str, RouterTotals]]  # raises ScrapeError
+ReadRouters = Callable[[Sequence[str], float], dict[str, RouterTotals]]  # urls, timeout_s
+
+
+def scrape_of(
+    config: ControllerConfig, resolve: Resolver = resolve_ips, read: ReadRouters = scrape_routers
+) -> Scrape:
+    """One read of every router, by URL: the fixed metrics_urls, or metrics_service's
+    addresses as they are at this read (a name that does not resolve is a ScrapeError, as an
+    unreadable router is)."""
+    service, timeout_s = config.router_service, config.scrape_timeout_s
+    if service is None:
+        return lambda: read(config.metrics_urls, timeout_s)
+    return lambda: read(service.urls(resolve), timeout_s)
 
 
 class Controller:
@@ -55,9 +71,7 @@ class Controller:
         self._config = config
         self._pools = pools
         self._metrics = metrics
-        self._scrape = scrape or (
-            lambda: scrape_routers(config.metrics_urls, config.scrape_timeout_s)
-        )
+        self._scrape = scrape or scrape_of(config)
         self._clock = clock
         self._window = SignalWindow(config.slo)
         self._capacity = CapacityEstimate(
@@ -82,7 +96,8 @@ class Controller:
 
     def _read_signals(self, now_s: float) -> Signals | Reason:
         """The rates since the last good read, or why there are none: no_signal (a router
-        unreadable), warmup (the first read, only a baseline)."""
+        unreadable, or the Service listing them), warmup (the first read, or one sharing no
+        router with the last: only a baseline)."""
         try:
             totals = self._scrape()
         except ScrapeError as exc:

@@ -22,7 +22,7 @@ class Reason(enum.StrEnum):
     AT_MAX = "at_max"  # capped at the pool's maximum
     BUDGET = "budget"  # both pools over the total-workers budget: split by their ratio
     # Why a pool holds whatever it desires (decisions.py, loop.py).
-    NO_SIGNAL = "no_signal"  # a router's metrics could not be read
+    NO_SIGNAL = "no_signal"  # a router's metrics (or the Service listing them) unreadable
     KUBE_ERROR = "kube_error"  # the Deployments could not be read, or the patch failed
     WARMUP = "warmup"  # a sample after start or after a change, excluded
     PENDING_PODS = "pending_pods"  # a rollout or scale of the pool still running

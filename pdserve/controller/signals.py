@@ -76,7 +76,13 @@ def attainment(delta: HistogramTotals, objective_s: float) -> float | None:
 
 class SignalWindow:
     """Owns the last good read of every router and when it was taken; `advance` alone
-    replaces it. A failed read leaves it, so the next good one spans both periods."""
+    replaces it. A failed read leaves it, so the next good one spans both periods.
+
+    The routers read may change between two reads (--metrics-service lists the ready ones):
+    one not in the last good read is only a baseline and counts from its next read (its
+    totals since it started are no interval's), and one no longer read stops counting. Either
+    way the interval misses a little of that router's work: rates err low for one read.
+    """
 
     def __init__(self, slo: SloBounds) -> None:
         self._slo = slo
@@ -85,10 +91,11 @@ class SignalWindow:
 
     def advance(self, totals: dict[str, RouterTotals], now_s: float) -> Signals | None:
         """The rates since the previous read, which `totals` (by router URL, read at
-        monotonic `now_s`) then replaces; None for the first read (only a baseline)."""
+        monotonic `now_s`) then replaces: summed over the routers in both reads; None when
+        no router is (the first read, or every router replaced: only a baseline)."""
         last, last_s = self._last, self._last_s
         self._last, self._last_s = totals, now_s
-        if last is None or now_s <= last_s:
+        if last is None or now_s <= last_s or not totals.keys() & last.keys():
             return None
-        deltas = (now.minus(last[url]) for url, now in totals.items())
+        deltas = (now.minus(last[url]) for url, now in totals.items() if url in last)
         return signals_of(reduce(RouterTotals.plus, deltas, NO_TOTALS), now_s - last_s, self._slo)

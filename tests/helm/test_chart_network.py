@@ -1,5 +1,6 @@
 """NetworkPolicies: default deny for every pod of the release; the router's gRPC port open to
-everyone (or routerIngressFrom); /metrics to Prometheus; worker gRPC to the routers; the Ray
+everyone (or routerIngressFrom); /metrics to Prometheus; worker gRPC to the routers; prefill
+workers' KV stream port to decode workers; the Ray
 head's pinned ports to the workers; the in-chart Redis to the router and workers."""
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def test_router_grpc_is_the_only_port_open_to_everyone(rendered: Rendered):
 def test_workers_admit_the_router_prometheus_and_the_ray_fabric_only(rendered: Rendered):
     workers = rules_by_port(policies(rendered)["workers"])
     assert peer_components(workers[50061]) == {"router"}
+    assert peer_components(workers[50071]) == {"decode"}  # KV streams, decode ← prefill
     assert "namespaceSelector" in workers[9091]["from"][0]
     assert peer_components(workers[None]) == {"ray-head", "prefill", "decode"}
     for rule in workers.values():

@@ -61,7 +61,7 @@ def test_controller_has_exactly_its_rbac_and_dry_runs_by_default(all_optional: R
     assert container(controller)["args"] == [
         "controller", "--namespace", "llm", "--prefill-deployment", "pdserve-prefill",
         "--decode-deployment", "pdserve-decode",
-        "--metrics-url", "http://pdserve-router-metrics:9090/metrics",
+        "--metrics-service", "pdserve-router-metrics:9090",
     ]  # fmt: skip
     (role,) = all_optional.of_kind("Role")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
@@ -74,6 +74,22 @@ def test_controller_has_exactly_its_rbac_and_dry_runs_by_default(all_optional: R
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "pdserve-controller", "namespace": "llm"}
     ]
+
+
+def test_controller_finds_every_ready_router_through_the_headless_metrics_service(
+    all_optional: Rendered,
+):
+    # The name the controller resolves is the router-metrics Service, short (as the Ray head's
+    # address: the pod's search domains add the namespace), at its metrics port; headless, so
+    # it resolves to each ready router pod, not to one virtual IP.
+    args = container(all_optional.deployment("controller"))["args"]
+    host, port = args[args.index("--metrics-service") + 1].split(":")
+    service = all_optional.named("Service", host)["spec"]
+    assert (service["clusterIP"], service["publishNotReadyAddresses"]) == ("None", False)
+    assert [(p["name"], p["port"]) for p in service["ports"]] == [("metrics", int(port))]
+    router_pod = all_optional.deployment("router")["spec"]["template"]["metadata"]["labels"]
+    assert selects({"matchLabels": service["selector"]}, router_pod)
+    assert "--metrics-url" not in args
 
 
 def test_controller_applies_only_when_asked():

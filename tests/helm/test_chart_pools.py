@@ -57,3 +57,10 @@ def test_notes_report_the_split():
     assert (
         "Pools: 2 prefill + 6 decode worker(s) (pools.ratio 1:3 of pools.total 8" in rendered.notes
     )
+
+
+def test_an_applying_controller_still_gets_the_values_sizes_on_install():
+    """With controller.apply an upgrade keeps the live sizes (a `lookup` of the Deployment,
+    which needs a cluster); an install, like this render, finds none and uses the values."""
+    values = {"pools": {"ratio": "1:3", "total": 8}, "controller": {"enabled": True, "apply": True}}
+    assert replicas(values) == (2, 6)

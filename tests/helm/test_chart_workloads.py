@@ -1,5 +1,6 @@
 """The pods of every render case: GPU workers that run the worker command, drain in preStop and
-have a memory-backed /dev/shm; gRPC health probes; PDBs; the restricted Pod Security Standard;
+have a memory-backed /dev/shm; gRPC health probes (on the plaintext health port where the gRPC
+port is TLS); PDBs; the restricted Pod Security Standard;
 no service links; no API token but the controller's; secrets only by secretKeyRef."""
 
 from __future__ import annotations
@@ -8,6 +9,17 @@ from tests.helm.chart import POOLS, Obj, Rendered, component_of, container
 
 # Volume types the restricted Pod Security Standard allows.
 RESTRICTED_VOLUMES = {"configMap", "emptyDir", "secret", "persistentVolumeClaim", "projected"}
+HEALTH_PORT = 8081
+INTERNAL_TLS_FLAGS = [
+    "--tls-ca", "/etc/pdserve/tls/internal/ca.crt",
+    "--tls-cert", "/etc/pdserve/tls/internal/tls.crt",
+    "--tls-key", "/etc/pdserve/tls/internal/tls.key",
+    "--tls-server-name", "pdserve-internal",
+]  # fmt: skip
+
+
+def tls_on(rendered: Rendered, edge: str) -> bool:
+    return bool(rendered.values["tls"][edge]["secretName"])
 
 
 def test_workers_get_the_gpus_their_pool_asks_for(rendered: Rendered):
@@ -23,11 +35,22 @@ def test_workers_run_the_worker_command_on_their_own_ray_node(rendered: Rendered
         assert worker["command"] == ["pdserve"]
         assert worker["args"] == [
             "worker", "--role", pool, "--host", "0.0.0.0", "--port", "50061",
-            "--metrics-port", "9091", "--ray-address", "pdserve-ray-head:6379",
+            "--kv-tcp-port", "50071", "--metrics-port", "9091", "--ray-address", "pdserve-ray-head:6379",
             "--advertise-host", "$(POD_IP)", "--config", "/etc/pdserve/worker.yaml",
         ]  # fmt: skip
         pod_ip = next(env for env in worker["env"] if env["name"] == "POD_IP")
         assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_prefill_workers_expose_their_kv_stream_port(rendered: Rendered):
+    for pool in POOLS:
+        ports = {
+            p["name"]: p["containerPort"] for p in container(rendered.deployment(pool))["ports"]
+        }
+        expected = {"grpc": 50061, "metrics": 9091} | ({"kv": 50071} if pool == "prefill" else {})
+        if tls_on(rendered, "internal"):
+            expected["health"] = HEALTH_PORT
+        assert ports == expected
 
 
 def test_workers_drain_in_prestop_within_their_grace_period(rendered: Rendered):
@@ -37,6 +60,7 @@ def test_workers_drain_in_prestop_within_their_grace_period(rendered: Rendered):
         prestop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
         assert prestop == [
             "pdserve", "drain", "--address", "127.0.0.1:50061", "--timeout", str(drain_s),
+            *(INTERNAL_TLS_FLAGS if tls_on(rendered, "internal") else []),
         ]  # fmt: skip
         assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain_s
 
@@ -62,20 +86,24 @@ def probe_kind(probe: Obj) -> tuple[str, int, str | None]:
 
 
 def test_workers_probe_grpc_health_on_the_worker_port(rendered: Rendered):
+    # Kubernetes' gRPC probes cannot speak TLS: with internal TLS they ask the health port.
+    port = HEALTH_PORT if tls_on(rendered, "internal") else 50061
     for pool in POOLS:
         worker = container(rendered.deployment(pool))
-        assert probe_kind(worker["startupProbe"]) == ("grpc", 50061, "")
+        assert probe_kind(worker["startupProbe"]) == ("grpc", port, "")
         # The worker's own service goes NOT_SERVING while it drains: out of its endpoints.
-        assert probe_kind(worker["readinessProbe"]) == ("grpc", 50061, "pdserve.v1.Worker")
-        assert probe_kind(worker["livenessProbe"]) == ("grpc", 50061, "")
+        assert probe_kind(worker["readinessProbe"]) == ("grpc", port, "pdserve.v1.Worker")
+        assert probe_kind(worker["livenessProbe"]) == ("grpc", port, "")
 
 
-def test_router_is_ready_by_grpc_health_and_alive_by_its_port(rendered: Rendered):
+def test_router_is_ready_by_grpc_health_and_alive_by_its_liveness_service(rendered: Rendered):
     router = container(rendered.deployment("router"))
-    assert probe_kind(router["readinessProbe"]) == ("grpc", 50051, "")
-    # The router is NOT_SERVING while it has no workers: that must not restart it.
-    assert probe_kind(router["startupProbe"]) == ("tcp", 50051, None)
-    assert probe_kind(router["livenessProbe"]) == ("tcp", 50051, None)
+    port = HEALTH_PORT if tls_on(rendered, "public") else 50051
+    assert probe_kind(router["readinessProbe"]) == ("grpc", port, "")
+    # The router is NOT_SERVING ("") while it has no workers: that must not restart it, so
+    # it is alive by its "liveness" service, SERVING whatever the workers do.
+    assert probe_kind(router["startupProbe"]) == ("grpc", port, "liveness")
+    assert probe_kind(router["livenessProbe"]) == ("grpc", port, "liveness")
 
 
 def test_router_pools_have_pdbs_selecting_their_pods(rendered: Rendered):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,15 @@ from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 def start_cluster(**overrides) -> BackgroundCluster:
     settings = {"port": 0, "dtype": "float32", "kv_cache_mib": 64} | overrides
     return BackgroundCluster(ClusterConfig(**settings)).start()
+
+
+MIXED_PROMPT_LENS = (5, 16, 17, 40, 64, 100, 129, 250)  # within, at and across page bounds
+
+
+def mixed_prompts(seed: int) -> list[list[int]]:
+    """One seeded random prompt of each of MIXED_PROMPT_LENS tokens."""
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 49152) for _ in range(n)] for n in MIXED_PROMPT_LENS]
 
 
 def token_request(

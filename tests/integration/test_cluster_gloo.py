@@ -9,8 +9,6 @@ is idle afterwards. SendKV and Prefill refuse what the worker cannot serve, by s
 
 from __future__ import annotations
 
-import random
-
 import grpc
 import pytest
 
@@ -19,19 +17,18 @@ from pdserve.worker_errors import WorkerReason, failure_reason
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import (
     generate_all,
+    mixed_prompts,
     start_cluster,
     token_request,
     wait_until_idle,
 )
 
-PROMPT_LENS = [5, 16, 17, 40, 64, 100, 129, 250]
 MAX_NEW_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
 def prompts() -> list[list[int]]:
-    rng = random.Random(11)
-    return [[rng.randrange(3, 49152) for _ in range(n)] for n in PROMPT_LENS]
+    return mixed_prompts(11)
 
 
 @pytest.fixture(scope="module")

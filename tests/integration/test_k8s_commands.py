@@ -4,7 +4,8 @@ the session's Ray cluster, and `pdserve drain` (the preStop hook).
 
 One scenario, in order:
 1. the router finds both workers through the registry; a greedy Generate through it equals
-   HF transformers' greedy tokens;
+   HF transformers' greedy tokens, its KV handed over the tcp backend (the router is told to
+   use it, as it would pick it for pods on two nodes: no KV group, no shared memory);
 2. `pdserve drain` on the decode worker exits 0; the router shows it draining and routes
    nothing more to it (no decode worker left: UNAVAILABLE);
 3. SIGTERM on each worker: it deregisters (the router's GetServerInfo stops listing it),
@@ -23,13 +24,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
 from pdserve import client
-from pdserve.v1 import generation_pb2
+from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import token_request
 
@@ -40,7 +42,11 @@ MAX_TOKENS = 8
 # Short periods so the scenario takes seconds: the router polls every 0.2 s and a drained
 # worker is one 0.5 s quiet after its last request (longer than the poll, as it must be).
 COMMON_ENV = {"PDSERVE_REGISTRY_TTL_S": "3", "PYTHONUNBUFFERED": "1"}
-ROUTER_ENV = {"PDSERVE_STATS_POLL_PERIOD_S": "0.2", "PDSERVE_CONDITIONAL_DISAGGREGATION": "false"}
+ROUTER_ENV = {
+    "PDSERVE_STATS_POLL_PERIOD_S": "0.2",
+    "PDSERVE_CONDITIONAL_DISAGGREGATION": "false",
+    "PDSERVE_KV_BACKEND": "tcp",
+}
 WORKER_ENV = {
     "PDSERVE_REGISTRY_REFRESH_S": "1",
     "PDSERVE_DRAIN_QUIET_S": "0.5",
@@ -143,69 +149,93 @@ def hf_tokens(tiny_dir: Path) -> list[int]:
     return hf_greedy(tiny_dir, [PROMPT], MAX_TOKENS, ignore_eos=True)[0]
 
 
+def kv_fetches(address: str) -> dict[str, int]:
+    with grpc.insecure_channel(address) as channel:
+        stats = worker_pb2_grpc.WorkerStub(channel).GetStats(
+            worker_pb2.GetStatsRequest(), timeout=5
+        )
+    return dict(stats.kv_fetches)
+
+
+@dataclass
+class Pods:
+    router_address: str
+    decode_address: str
+    router: Command
+    workers: dict[str, Command]
+
+    def listed(self) -> dict[str, generation_pb2.WorkerInfo]:
+        return workers_listed(self.router_address)
+
+    def decode_id(self) -> str:
+        return next(wid for wid, info in self.listed().items() if info.role == "decode")
+
+
+def start_pods(start: Callable[..., Command], ray_address: str, redis_url: str) -> Pods:
+    router_port, prefill_port, decode_port = free_port(), free_port(), free_port()
+    redis_env = {"PDSERVE_REDIS_URL": redis_url}
+    router = start(
+        "router",
+        ["router", "--host", "127.0.0.1", "--port", str(router_port), "--model", "tiny"],
+        redis_env | ROUTER_ENV,
+    )
+    workers = {
+        role: start(
+            role,
+            [
+                *("worker", "--role", role, "--host", "0.0.0.0", "--port", str(port)),
+                *("--advertise-host", "127.0.0.1", "--ray-address", ray_address),
+                *("--model", "tiny", "--drain-timeout", "10", "--kv-tcp-port", "0"),
+            ],
+            redis_env | WORKER_ENV,
+        )
+        for role, port in (("prefill", prefill_port), ("decode", decode_port))
+    }
+    pods = Pods(f"127.0.0.1:{router_port}", f"127.0.0.1:{decode_port}", router, workers)
+    wait_until(lambda: len(pods.listed()) == 2, START_TIMEOUT_S, "the router lists both workers")
+    return pods
+
+
+def drain_on_prestop(pods: Pods) -> None:
+    """`pdserve drain` exits 0; the router sees the worker draining and routes nothing more."""
+    drain = subprocess.run(
+        [sys.executable, "-m", "pdserve", "drain", "--address", pods.decode_address,
+         "--timeout", "20"],
+        capture_output=True, text=True, timeout=40,
+    )  # fmt: skip
+    assert drain.returncode == 0, drain.stderr
+    assert "drained in" in drain.stdout
+    decode_id = pods.decode_id()
+    wait_until(
+        lambda: pods.listed()[decode_id].draining, 5, "the router sees the decode worker draining"
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        generate(pods.router_address)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def stop_workers_by_sigterm(pods: Pods) -> None:
+    """Each drains (done already), deregisters, stops its actor and exits 0."""
+    actor_pids = [info.pid for info in pods.listed().values()]
+    for role, command in pods.workers.items():
+        assert command.terminate_and_wait() == 0, role
+        wait_until(
+            lambda role=role: all(i.role != role for i in pods.listed().values()),
+            5,
+            f"the router drops the {role} worker",
+        )
+    assert pods.listed() == {}
+    wait_until(lambda: all(map(process_gone, actor_pids)), 10, "the actors' processes end")
+
+
 def test_router_and_workers_from_the_pod_commands(ray_cluster, redis_url, tiny_dir, hf_tokens):
     ray_address = ray_cluster.get_runtime_context().gcs_address
-    router_port, prefill_port, decode_port = free_port(), free_port(), free_port()
-    router_address = f"127.0.0.1:{router_port}"
-    redis_env = {"PDSERVE_REDIS_URL": redis_url}
     with commands() as start:
-        router = start(
-            "router",
-            ["router", "--host", "127.0.0.1", "--port", str(router_port), "--model", "tiny"],
-            redis_env | ROUTER_ENV,
-        )
-        workers = {
-            role: start(
-                role,
-                [
-                    *("worker", "--role", role, "--host", "0.0.0.0", "--port", str(port)),
-                    *("--advertise-host", "127.0.0.1", "--ray-address", ray_address),
-                    *("--model", "tiny", "--drain-timeout", "10"),
-                ],
-                redis_env | WORKER_ENV,
-            )
-            for role, port in (("prefill", prefill_port), ("decode", decode_port))
-        }
-        wait_until(
-            lambda: len(workers_listed(router_address)) == 2,
-            START_TIMEOUT_S,
-            "the router lists both workers",
-        )
-        listed = workers_listed(router_address)
-        decode_id = next(wid for wid, info in listed.items() if info.role == "decode")
-        assert listed[decode_id].address == f"127.0.0.1:{decode_port}"
-        actor_pids = [info.pid for info in listed.values()]
+        pods = start_pods(start, ray_address, redis_url)
+        assert pods.listed()[pods.decode_id()].address == pods.decode_address
 
-        # 1. Routed through both, as a Kubernetes router routes.
-        assert generate(router_address) == hf_tokens
-
-        # 2. preStop: drained, then no longer routed to.
-        drain = subprocess.run(
-            [sys.executable, "-m", "pdserve", "drain", "--address", f"127.0.0.1:{decode_port}",
-             "--timeout", "20"],
-            capture_output=True, text=True, timeout=40,
-        )  # fmt: skip
-        assert drain.returncode == 0, drain.stderr
-        assert "drained in" in drain.stdout
-        wait_until(
-            lambda: workers_listed(router_address)[decode_id].draining,
-            5,
-            "the router sees the decode worker draining",
-        )
-        with pytest.raises(grpc.RpcError) as refused:
-            generate(router_address)
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-
-        # 3. SIGTERM: drain (done already), deregister, stop the actor, exit 0.
-        for role, command in workers.items():
-            assert command.terminate_and_wait() == 0, role
-            wait_until(
-                lambda role=role: all(i.role != role for i in workers_listed(router_address).values()),
-                5,
-                f"the router drops the {role} worker",
-            )  # fmt: skip
-        assert workers_listed(router_address) == {}
-        wait_until(lambda: all(map(process_gone, actor_pids)), 10, "the actors' processes end")
-
-        # 4. The router.
-        assert router.terminate_and_wait() == 0
+        assert generate(pods.router_address) == hf_tokens  # 1. routed as on Kubernetes
+        assert kv_fetches(pods.decode_address) == {"tcp": 1}
+        drain_on_prestop(pods)  # 2.
+        stop_workers_by_sigterm(pods)  # 3.
+        assert pods.router.terminate_and_wait() == 0  # 4.

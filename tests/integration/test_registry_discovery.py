@@ -12,8 +12,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from kv_transfer.pages import Role
 from pdserve.channels import open_aio_channel
 from pdserve.registration import WorkerRegistration
@@ -123,11 +121,6 @@ def pair() -> list[MockWorker]:
     ]
 
 
-@pytest.mark.skip(
-    reason="hung once in 3 clean-clone CI runs (600 s, event loop idle: an await with no "
-    "timeout, likely in teardown); to fix first next session — adoption and routing stay "
-    "covered by test_k8s_commands.py and this module's other tests"
-)
 async def test_a_router_with_no_workers_adopts_polls_follows_and_routes(smollm2_dir, redis_url):
     async with empty_router(smollm2_dir, redis_url) as router:
         assert await listed(router) == []

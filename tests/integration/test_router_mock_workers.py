@@ -181,10 +181,11 @@ async def test_health_is_serving_while_a_route_exists(smollm2_dir):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
     async with router_cluster(smollm2_dir, [MockWorker("p0", Role.PREFILL)]) as cluster:
-        reply = await health_pb2_grpc.HealthStub(cluster.channel).Check(
-            health_pb2.HealthCheckRequest(service="")
-        )
-        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        health = health_pb2_grpc.HealthStub(cluster.channel)
+        unready = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        alive = await health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+        assert unready.status == health_pb2.HealthCheckResponse.NOT_SERVING  # no route
+        assert alive.status == health_pb2.HealthCheckResponse.SERVING  # but not to restart
 
 
 async def test_reflection_lists_the_public_services(smollm2_dir):

@@ -204,6 +204,22 @@ def test_prefill_peers_ack_only_over_mtls_with_the_token(worker_edge, pki):
     assert sink.released == ["t-ok"]
 
 
+@pytest.mark.parametrize("name, answers", [("localhost", True), ("pdserve-elsewhere", False)])
+def test_a_channel_checks_the_server_as_its_server_name(worker_edge, pki, name, answers):
+    """Dialled at 127.0.0.1, the worker's certificate (127.0.0.1, localhost) is checked as
+    `server_name`: one name for every pod, whatever its IP."""
+    _, address = worker_edge
+    tls = pki.internal_tls().model_copy(update={"server_name": name})
+    with open_channel(address, tls, INTERNAL_TOKEN, MIB) as channel:
+        drain = worker_pb2_grpc.WorkerStub(channel).Drain
+        if answers:
+            assert drain(worker_pb2.DrainRequest(), timeout=5).drained
+        else:
+            with pytest.raises(grpc.RpcError) as info:
+                drain(worker_pb2.DrainRequest(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 async def test_router_clients_reach_the_worker_edge_only_with_a_cert_of_its_ca(worker_edge, pki):
     _, address = worker_edge
     trusted = WorkerClients(MIB, 0.5, pki.internal_tls(), INTERNAL_TOKEN)

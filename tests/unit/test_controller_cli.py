@@ -10,6 +10,7 @@ from kubernetes.config import ConfigException
 
 from pdserve.controller import kube
 from pdserve.controller.cli import add_controller, controller_config, run_controller
+from pdserve.controller.discovery import MetricsService
 
 URL = "http://router:9090/metrics"
 
@@ -32,6 +33,12 @@ def test_flags_become_the_config_and_unset_ones_keep_its_defaults():
     assert args.run is run_controller
 
 
+def test_a_metrics_service_is_read_as_host_and_port_instead_of_urls():
+    config = controller_config(parse("--metrics-service", "pdserve-router-metrics:9090"))
+    assert config.metrics_urls == ()
+    assert config.router_service == MetricsService("pdserve-router-metrics", 9090)
+
+
 def test_environment_fills_what_no_flag_gives(monkeypatch):
     monkeypatch.setenv("PDSERVE_CONTROLLER_PERIOD_S", "5")
     monkeypatch.setenv("PDSERVE_CONTROLLER_MAX_PREFILL", "3")
@@ -42,8 +49,15 @@ def test_environment_fills_what_no_flag_gives(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ((), "--metrics-url: Field required"),
+        ((), "--metrics-url: give --metrics-url or --metrics-service (one is required)"),
         (("--metrics-url", "router:9090"), "--metrics-url: expected an http(s):// URL"),
+        (
+            ("--metrics-url", URL, "--metrics-service", "router:9090"),
+            "--metrics-service: give --metrics-service or --metrics-url, not both",
+        ),
+        (("--metrics-service", "router"), "--metrics-service: expected host:port"),
+        (("--metrics-service", "http://router:9090"), "--metrics-service: expected host:port"),
+        (("--metrics-service", "router:0"), "--metrics-service: expected host:port"),
         (("--min-prefill", "3", "--max-prefill", "2"), "--max-prefill: must be ≥ --min-prefill"),
         (("--min-decode", "0"), "--min-decode: Input should be greater than or equal to 1"),
         (("--target-utilization", "1.5"), "--target-utilization: Input should be less than"),
@@ -51,7 +65,7 @@ def test_environment_fills_what_no_flag_gives(monkeypatch):
     ],
 )
 def test_a_bad_flag_is_named_and_exits_2(argv, message, capsys):
-    urls = () if not argv or argv[0] == "--metrics-url" else ("--metrics-url", URL)
+    urls = () if not argv or argv[0].startswith("--metrics-") else ("--metrics-url", URL)
     assert run_controller(parse(*urls, *argv)) == 2
     error = capsys.readouterr().err
     assert error.startswith("pdserve controller: ") and message in error

@@ -114,3 +114,47 @@ def test_an_unreachable_router_is_a_scrape_error_naming_it():
     url = "http://127.0.0.1:9/metrics"  # discard port: nothing listens
     with pytest.raises(ScrapeError, match="127.0.0.1:9"):
         scrape_routers([url], timeout_s=1.0)
+
+
+def test_a_router_first_seen_counts_only_from_its_second_read():
+    # Router "b" appears at the second read with 40 requests served since it started: not this
+    # interval's (no delta from zero); from its next read on, it counts like "a".
+    a, b, window = RouterMetrics(), RouterMetrics(), SignalWindow(SLO)
+    window.advance({"a": parse_totals(text(a))}, 0.0)
+    complete(a, 10)
+    complete(b, 40)
+    signals = window.advance({"a": parse_totals(text(a)), "b": parse_totals(text(b))}, 10.0)
+    assert signals.request_rate == 1.0
+    complete(a, 10)
+    complete(b, 30)
+    signals = window.advance({"a": parse_totals(text(a)), "b": parse_totals(text(b))}, 20.0)
+    assert signals.request_rate == 4.0
+
+
+def test_a_vanished_router_stops_counting():
+    a, b, window = RouterMetrics(), RouterMetrics(), SignalWindow(SLO)
+    window.advance({"a": parse_totals(text(a)), "b": parse_totals(text(b))}, 0.0)
+    complete(a, 20)
+    complete(b, 1000)  # served, then gone before the read: lost, not a negative delta
+    signals = window.advance({"a": parse_totals(text(a))}, 10.0)
+    assert (signals.request_rate, signals.prompt_tokens_per_s) == (2.0, 200.0)
+
+
+def test_a_router_back_after_missing_a_read_is_a_baseline_again():
+    # Its counts since the read before last span two intervals: none of them is counted.
+    a, b, window = RouterMetrics(), RouterMetrics(), SignalWindow(SLO)
+    window.advance({"a": parse_totals(text(a)), "b": parse_totals(text(b))}, 0.0)
+    window.advance({"a": parse_totals(text(a))}, 10.0)
+    complete(b, 50)
+    signals = window.advance({"a": parse_totals(text(a)), "b": parse_totals(text(b))}, 20.0)
+    assert signals.request_rate == 0.0
+
+
+def test_a_read_sharing_no_router_with_the_last_is_only_a_baseline():
+    # Every replica replaced between two reads: zero rates would read as no load.
+    old, new, window = RouterMetrics(), RouterMetrics(), SignalWindow(SLO)
+    window.advance({"old": parse_totals(text(old))}, 0.0)
+    complete(new, 5)
+    assert window.advance({"new": parse_totals(text(new))}, 10.0) is None
+    complete(new, 20)
+    assert window.advance({"new": parse_totals(text(new))}, 20.0).request_rate == 2.0

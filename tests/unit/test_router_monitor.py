@@ -122,3 +122,29 @@ async def test_a_serving_worker_that_goes_away_is_only_counted_as_failed():
             await monitor.discover(worker.address)
         (polled,) = await monitor.poll_once()
     assert (polled.worker_id, polled.alive) == ("d0", True)  # dead_after_failures=2
+
+
+async def test_stop_ends_a_monitor_whose_round_lost_the_cancel():
+    """Python 3.11's asyncio.wait_for, which redis-py's writes go through, can lose a cancel
+    that lands as its call returns: the round goes on, and one cancel left the monitor
+    polling forever and `stop` (RouterServer.stop) waiting on it forever."""
+    lost, in_round = [], asyncio.Event()
+
+    async def on_round(snapshot: list[WorkerRecord]) -> None:
+        if lost:
+            return  # later rounds: quick, as rounds over no worker are
+        in_round.set()
+        try:
+            await asyncio.Event().wait()  # the first round is mid-call when stop comes
+        except asyncio.CancelledError:
+            lost.append(True)  # ... and its cancel is lost
+
+    clients = WorkerClients(max_message_bytes=2**20, overload_retry_after_s=0.5)
+    monitor = WorkerMonitor(InMemoryRegistry(), clients, 0.01, 2, 1, on_round=on_round)
+    monitor.start()
+    await in_round.wait()
+    async with asyncio.timeout(2):
+        await monitor.stop()
+    assert lost == [True]
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "worker-monitor"] == []
+    await clients.close()

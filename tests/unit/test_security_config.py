@@ -76,6 +76,12 @@ def test_client_takes_tls_from_flags_and_token_from_the_environment(pem: Path):
     assert security.token.get_secret_value() == "t0k"
 
 
+def test_client_checks_the_server_as_the_name_given(pem: Path):
+    argv = ["status", "--tls-ca", str(pem), "--tls-server-name", "pdserve-internal"]
+    security = client_security(_parser().parse_args(argv), {})
+    assert security.tls == TLSConfig(ca_file=pem, server_name="pdserve-internal")
+
+
 def test_plain_client_flags_mean_plaintext_and_no_token():
     security = client_security(_parser().parse_args(["status"]), {})
     assert security.tls is None and security.token is None

@@ -20,6 +20,8 @@ from kv_transfer.factory import make_transport
 from kv_transfer.local import LocalExchange
 from kv_transfer.pages import KVHandle, KVLayout, TransportBackend
 from kv_transfer.shm_segments import DATA_OFFSET, SHM_DIR, SegmentAddress
+from kv_transfer.tcp import TcpSettings
+from kv_transfer.tcp_server import TcpEndpoint
 from kv_transfer.transport import TransferError, TransferState
 
 NUM_PAGES = 12
@@ -103,6 +105,13 @@ class TransferPair(ABC):
         self.source.close()
 
 
+def source_options(backend: TransportBackend) -> dict:
+    """What the exporting half needs beyond the fetching half's options."""
+    if backend == TransportBackend.TCP:
+        return {"settings": TcpSettings(listen=TcpEndpoint("127.0.0.1"))}
+    return {}
+
+
 class InProcessPair(TransferPair):
     """Both halves in this process. shm sources pool nothing, so a leak shows at once."""
 
@@ -110,7 +119,7 @@ class InProcessPair(TransferPair):
         self.exchange = LocalExchange()
         local = backend == TransportBackend.LOCAL
         options = {"exchange": self.exchange} if local else {"pool_bytes": 0}
-        super().__init__(backend, **options)
+        super().__init__(backend, **options, **source_options(backend))
         self.sink = make_transport(backend, verify_checksum=True, **options)
 
     def fetch(self, handle, kv_cache, timeout_s=5.0):
@@ -120,8 +129,14 @@ class InProcessPair(TransferPair):
     def corrupt(self, handle):
         if self.backend == TransportBackend.SHM:
             return corrupt_segment(handle)
+        if self.backend == TransportBackend.TCP:
+            return with_wrong_checksum(handle)
         self.exchange.lookup(handle.transfer_id)[0, 0] += 1
         return handle
+
+    def close(self) -> None:
+        super().close()
+        self.sink.close()
 
 
 def serve_fetches(conn, backend: TransportBackend, device: str) -> None:
@@ -164,7 +179,7 @@ class SpawnedPair(TransferPair):
 
     def __init__(self, server: FetchServer, backend: TransportBackend, device: str) -> None:
         options = {"pool_bytes": 0} if backend == TransportBackend.SHM else {}
-        super().__init__(backend, device, **options)
+        super().__init__(backend, device, **options, **source_options(backend))
         self.server = server
 
     def fetch(self, handle, kv_cache, timeout_s=5.0):
@@ -275,6 +290,13 @@ def shm_server():
 
 
 @pytest.fixture(scope="module")
+def tcp_server():
+    server = FetchServer(TransportBackend.TCP, "cpu")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def cuda_ipc_server():
     server = FetchServer(TransportBackend.CUDA_IPC, "cuda")
     yield server
@@ -285,6 +307,22 @@ class TestShmAcrossProcesses(TransportContract):
     @pytest.fixture
     def pair(self, shm_server):
         pair = SpawnedPair(shm_server, TransportBackend.SHM, "cpu")
+        yield pair
+        pair.close()
+
+
+class TestTcpInProcess(TransportContract):
+    @pytest.fixture
+    def pair(self):
+        pair = InProcessPair(TransportBackend.TCP)
+        yield pair
+        pair.close()
+
+
+class TestTcpAcrossProcesses(TransportContract):
+    @pytest.fixture
+    def pair(self, tcp_server):
+        pair = SpawnedPair(tcp_server, TransportBackend.TCP, "cpu")
         yield pair
         pair.close()
 

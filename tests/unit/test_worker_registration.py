@@ -135,3 +135,11 @@ async def test_deregister_removes_the_record_once():
 
 async def _never_lost() -> bool:
     return False
+
+
+async def test_a_record_naming_a_backend_this_router_does_not_know_still_reads():
+    """A newer worker's record (rolling upgrade) pairs over the backends both know."""
+    async with registered_worker(decode_worker()) as (registration, _):
+        fields = record_to_fields(await registration.register())
+    fields["kv_backends"] = "rdma-of-the-future,shm,tcp"
+    assert record_from_fields(fields).kv_backends == {TransportBackend.SHM, TransportBackend.TCP}

@@ -203,8 +203,9 @@ url
 {{- end -}}
 
 {{/*
-(dict "ctx" $ "configMap" <name> "file" <key>) → the /etc/pdserve volume: the component's config
-file and, for a TLS Redis, its CA at redis-tls/<key> (one projected volume: no nested mounts).
+(dict "ctx" $ "configMap" <name> "file" <key> "tls" (list <edge>…)) → the /etc/pdserve volume:
+the component's config file, for a TLS Redis its CA at redis-tls/<key>, and the Secrets of the
+TLS edges named in "tls" that are on (one projected volume: no nested mounts).
 */}}
 {{- define "pdserve.configVolume" -}}
 - name: config
@@ -214,6 +215,7 @@ file and, for a TLS Redis, its CA at redis-tls/<key> (one projected volume: no n
           name: {{ .configMap }}
           items:
             - {key: {{ .file }}, path: {{ .file }}}
+      {{- include "pdserve.tlsSources" (dict "ctx" .ctx "edges" (.tls | default list)) | nindent 6 }}
       {{- with .ctx.Values.redis.external.tls.caSecret }}
       - secret:
           name: {{ . }}
@@ -221,6 +223,60 @@ file and, for a TLS Redis, its CA at redis-tls/<key> (one projected volume: no n
             - key: {{ $.ctx.Values.redis.external.tls.caKey }}
               path: {{ printf "redis-tls/%s" $.ctx.Values.redis.external.tls.caKey }}
       {{- end }}
+{{- end -}}
+
+{{/* TLS from Secrets (values `tls`) ------------------------------------------------------ */}}
+
+{{/* (dict "ctx" $ "edge" "public"|"internal") → the keys of its Secret that are mounted. */}}
+{{- define "pdserve.tlsKeys" -}}
+{{- if or (eq .edge "internal") (index .ctx.Values.tls .edge).requireClientCert -}}
+tls.crt tls.key ca.crt
+{{- else -}}
+tls.crt tls.key
+{{- end -}}
+{{- end -}}
+
+{{/* (dict "ctx" $ "edges" (list …)) → projected sources: each edge's Secret at tls/<edge>/. */}}
+{{- define "pdserve.tlsSources" -}}
+{{- range $edge := .edges }}
+{{- with (index $.ctx.Values.tls $edge).secretName }}
+- secret:
+    name: {{ . }}
+    items:
+      {{- range $key := splitList " " (include "pdserve.tlsKeys" (dict "ctx" $.ctx "edge" $edge)) }}
+      - {key: {{ $key }}, path: {{ printf "tls/%s/%s" $edge $key }}}
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+(dict "ctx" $ "edge" …) → the edge's config section (pdserve/tls.py TLSConfig) at the mounted
+paths; empty when the edge is off. The internal one is mTLS on every side.
+*/}}
+{{- define "pdserve.tlsSection" -}}
+{{- if (index .ctx.Values.tls .edge).secretName -}}
+{{- $dir := printf "/etc/pdserve/tls/%s" .edge -}}
+cert_file: {{ $dir }}/tls.crt
+key_file: {{ $dir }}/tls.key
+{{- if contains "ca.crt" (include "pdserve.tlsKeys" .) }}
+ca_file: {{ $dir }}/ca.crt
+require_client_cert: true
+{{- end }}
+{{- with (index .ctx.Values.tls .edge).serverName }}
+server_name: {{ . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* (dict "ctx" $ "edge" …) → the port a pod serving that edge is probed on: the plaintext
+health port when the edge is TLS, else its gRPC port ("port"). */}}
+{{- define "pdserve.probePort" -}}
+{{- if (index .ctx.Values.tls .edge).secretName -}}
+{{- .ctx.Values.ports.health -}}
+{{- else -}}
+{{- .port -}}
+{{- end -}}
 {{- end -}}
 
 {{/* NetworkPolicy peers ------------------------------------------------------------ */}}
