@@ -20,6 +20,7 @@ from decode_worker.scheduler import DecodeScheduler
 from decode_worker.server import DecodeServicer
 from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
+from kv_transfer.topology import DeviceKind
 from pdserve.worker_edge import WorkerEdge
 from pdserve.worker_exit import WorkerExit
 from pdserve.worker_metrics import WorkerMetrics
@@ -44,6 +45,7 @@ class DecodeWorker:
             config.engine, Path(model_dir), config.worker_id, self._edge.events.append
         )
         self._edge.attach(self._loop)
+        device = DeviceKind(runner.kv_cache.device.type)  # a mock runner's stays on cpu
         self._peers = PrefillPeers(
             config.ack_timeout_s, config.internal_tls, config.internal_auth_token
         )
@@ -57,6 +59,7 @@ class DecodeWorker:
             observer=self.metrics,
             faults=config.fault_plan,
             tcp=config.tcp_settings(serves=False),
+            cuda=device is DeviceKind.CUDA,
         )
         self._scheduler = DecodeScheduler(
             self._loop,
@@ -76,6 +79,7 @@ class DecodeWorker:
             runner.layout,
             self._transports.backends,
             self._edge.health.servicer,
+            device=device,
         )
         self._metrics_port = serve_metrics(self.metrics, config)
         self._exit = WorkerExit(self.drain, self._stop, config.drain_timeout_s)

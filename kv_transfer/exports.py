@@ -36,10 +36,12 @@ class Deadline:
 class BufferPool:
     """Idle flat uint8 buffers by capacity (a power of two) and device, at most `max_bytes` of
     them. Reuse spares the page faults a fresh large allocation pays: ~1.2 GB/s on these VMs,
-    slower than the copy into it."""
+    slower than the copy into it. `pin_memory`: host buffers are page-locked (staging for a
+    GPU: their copies are one DMA, and pinning is slow enough to be worth reusing)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, pin_memory: bool = False) -> None:
         self._max_bytes = max_bytes
+        self._pin_memory = pin_memory
         self._idle: dict[tuple[int, str], list[torch.Tensor]] = {}
         self._idle_bytes = 0
         self._lock = threading.Lock()
@@ -52,7 +54,7 @@ class BufferPool:
             if idle:
                 self._idle_bytes -= capacity
                 return idle.pop()
-        return torch.empty(capacity, dtype=torch.uint8, device=device)
+        return torch.empty(capacity, dtype=torch.uint8, device=device, pin_memory=self._pin_memory)
 
     def give_back(self, buffer: torch.Tensor) -> None:
         with self._lock:
@@ -64,6 +66,15 @@ class BufferPool:
         with self._lock:
             self._idle.clear()
             self._idle_bytes = 0
+
+
+def gather_into(kv_cache: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """kv_cache[index] as uint8 rows into `out` [len(index), page_nbytes], which may live on
+    another device than the cache (a host buffer for a CUDA cache): one indexed gather where
+    the cache lives, then one copy across."""
+    if kv_cache.device == out.device:
+        return gather_rows(kv_cache, index, out=out)
+    return out.copy_(gather_rows(kv_cache, index))
 
 
 R = TypeVar("R")
@@ -179,10 +190,7 @@ class StagedExports:
         ValueError if transfer_id is exported already."""
         self.table.check_new(transfer_id)
         buffer, rows = self.take_rows(len(index), kv_cache, device)
-        if kv_cache.device == rows.device:
-            gather_rows(kv_cache, index, out=rows)
-        else:
-            rows.copy_(gather_rows(kv_cache, index))
+        gather_into(kv_cache, index, rows)
         return buffer, rows
 
     def give_back(self, buffer: torch.Tensor) -> None:

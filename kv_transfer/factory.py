@@ -1,7 +1,8 @@
 """Builds KV transports: one backend (`make_transport`), or the set one worker holds
 (`make_worker_transports`). Which backend a pair uses is kv_transfer/topology.py's choice.
 
-A worker holds (`held_backends`) shm always, for peers of its node, plus the KV group's backend
+A worker holds (`held_backends`) shm always, for peers of its node (it stages a CUDA cache
+through host memory), plus cuda_ipc when its KV cache is on CUDA, plus the KV group's backend
 (gloo or nccl) when the cluster formed one, plus tcp when configured (peers on any node, no
 group: kv_transfer/tcp.py). Each request names the backend to use, chosen by
 the router per pair; a request naming none gets the worker's default (its config `transport`).
@@ -89,11 +90,19 @@ def make_transport(backend: TransportBackend, **options: Any) -> KVTransport:
 
 
 def held_backends(
-    default: TransportBackend, kv_group: KVGroupSpec | None, tcp: bool = False
+    default: TransportBackend,
+    kv_group: KVGroupSpec | None,
+    tcp: bool = False,
+    cuda: bool = False,
 ) -> tuple[TransportBackend, ...]:
-    """The backends a worker with this config holds. ValueError, naming the field, when the
-    group's backend is not collective or `default` is not held."""
+    """The backends a worker with this config holds (`cuda`: its KV cache is on CUDA).
+    ValueError, naming the field, when the group's backend is not collective or `default` is
+    not held."""
     held = [TransportBackend.SHM]
+    if cuda:
+        held.append(TransportBackend.CUDA_IPC)
+    elif default == TransportBackend.CUDA_IPC:
+        raise ValueError("transport: cuda_ipc moves CUDA KV caches only; this one is on cpu")
     if kv_group is not None:
         if kv_group.backend not in COLLECTIVE_BACKENDS:
             raise ValueError(f"kv_group.backend: {kv_group.backend} is not gloo or nccl")
@@ -116,18 +125,19 @@ def make_worker_transports(
     observer: TransferObserver | None = None,
     faults: FaultPlan | None = None,
     tcp: TcpSettings | None = None,
+    cuda: bool = False,
 ) -> TransportSet:
     """One transport per held backend. The collective one must still join its group
     (`TransportSet.join_group`). `request_send` is how a fetching (decode) worker asks a source
     to send; a worker that never fetches leaves it None. `observer` sees every transfer.
     `faults` (chaos testing only) are injected into every fetch when the plan is active.
-    `tcp`, when given, adds the tcp backend (its server starts here when it listens)."""
+    `tcp`, when given, adds the tcp backend (its server starts here when it listens); `cuda`
+    (the worker's KV cache is on CUDA) adds cuda_ipc."""
     transports: dict[TransportBackend, KVTransport] = {}
-    for backend in held_backends(default, kv_group, tcp is not None):
-        options: dict[str, Any] = {
-            "verify_checksum": verify_checksum,
-            "checksum_sample_rate": checksum_sample_rate,
-        }
+    for backend in held_backends(default, kv_group, tcp is not None, cuda):
+        options: dict[str, Any] = {"verify_checksum": verify_checksum}
+        if backend != TransportBackend.CUDA_IPC:  # it checksums every transfer or none
+            options["checksum_sample_rate"] = checksum_sample_rate
         if backend == TransportBackend.TCP:
             options["settings"] = tcp
         if kv_group is not None and backend == kv_group.backend:

@@ -1,4 +1,4 @@
-"""Same-node CPU KV transport over POSIX shared memory (plain files under /dev/shm).
+"""Same-node KV transport over POSIX shared memory (plain files under /dev/shm).
 
 One transfer's life, source (exporter) and destination (fetcher) in different processes:
   1. export   take an idle segment from the pool (or create one), gather kv_cache[page_ids]
@@ -13,6 +13,9 @@ Why a token: a pooled segment is reused by later transfers, so a stale locator c
 read another request's KV. It is a seqlock: the writer stamps it after the data (x86-64 keeps
 stores in order), the reader checks it before and after copying.
 Segments of a process that died are unlinked by the next ShmTransport created on the node.
+A CUDA kv cache stages through host memory: export gathers on the device and copies the rows
+into the segment; fetch copies them into a pooled pinned buffer, then to the device (one DMA)
+and scatters there (cuda_ipc, when both hold it, skips the host).
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from kv_transfer.checksum import (
     Integrity,
     Locator,
     check_destination,
-    gather_rows,
     page_index,
     page_rows,
+    scatter_rows,
 )
-from kv_transfer.exports import Deadline, ExportTable
+from kv_transfer.exports import BufferPool, Deadline, ExportTable, gather_into
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.shm_segments import (
     DATA_OFFSET,
@@ -48,9 +51,10 @@ from kv_transfer.transport import KVTransport, TransferError, TransferState
 
 
 class ShmTransport(KVTransport):
-    """Shared-memory transport between processes of one node; CPU KV caches only.
+    """Shared-memory transport between processes of one node; KV caches on CPU or CUDA.
 
-    pool_bytes bounds the idle segments kept for reuse (0: unlink on release);
+    pool_bytes bounds the idle segments kept for reuse (0: unlink on release), and apart from
+    them the idle pinned buffers a fetcher into a CUDA cache stages through;
     max_mappings bounds the peers' segments a fetcher keeps mapped; checksum_sample_rate is
     the share of transfers checksummed when verify_checksum is on (checksum.Integrity).
     """
@@ -73,6 +77,7 @@ class ShmTransport(KVTransport):
         self.integrity = Integrity(verify_checksum, checksum_sample_rate)
         self._pool = SegmentPool(shm_dir, pool_bytes)
         self._maps = MappingCache(shm_dir, max_mappings)
+        self._staging = BufferPool(pool_bytes, pin_memory=True)  # CUDA fetches only
         self._exports: ExportTable[tuple[Segment, int]] = ExportTable()
 
     @property
@@ -82,13 +87,13 @@ class ShmTransport(KVTransport):
 
     def export(self, transfer_id: str, kv_cache: torch.Tensor, page_ids: Sequence[int]) -> bytes:
         self._exports.check_new(transfer_id)
-        if kv_cache.device.type != "cpu" or not kv_cache.is_contiguous():
-            raise ValueError("shm exports need a contiguous CPU kv_cache")
+        if not kv_cache.is_contiguous():
+            raise ValueError("shm exports need a contiguous kv_cache")
         index = page_index(page_ids, kv_cache.shape[0])
         page_nbytes = kv_cache[0].numel() * kv_cache.element_size()
         nbytes = len(index) * page_nbytes
         segment = self._pool.take(nbytes)
-        out = gather_rows(kv_cache, index, out=segment.data[:nbytes].view(len(index), page_nbytes))
+        out = gather_into(kv_cache, index, segment.data[:nbytes].view(len(index), page_nbytes))
         token = segment.publish(nbytes)
         self._exports.add(transfer_id, (segment, token))
         address = SegmentAddress(token, segment.path.name).encode()
@@ -104,8 +109,6 @@ class ShmTransport(KVTransport):
         deadline = Deadline.after(timeout_s)
         locator = Locator.decode(handle.locator)
         dst_index = check_destination(handle, locator, kv_cache, dst_page_ids)
-        if kv_cache.device.type != "cpu":
-            raise TransferError(f"{handle.transfer_id}: shm fetches into CPU kv caches only")
         address = SegmentAddress.decode(locator.address, handle.transfer_id)
         mapping = self._maps.get(address.name, handle.transfer_id)
         deadline.check(handle.transfer_id)
@@ -115,7 +118,7 @@ class ShmTransport(KVTransport):
         src = self.integrity.received(
             locator, src.reshape(len(dst_page_ids), -1), handle.transfer_id
         )
-        page_rows(kv_cache)[dst_index.numpy()] = src  # scatter_rows, from a numpy view
+        self._scatter(kv_cache, dst_index, src)
         self._check_token(mapping, address, locator.nbytes, handle.transfer_id)
 
     def release(self, transfer_id: str) -> None:
@@ -135,6 +138,7 @@ class ShmTransport(KVTransport):
             segment.path.unlink(missing_ok=True)
         self._pool.close()
         self._maps.clear()
+        self._staging.clear()
 
     def check_integrity(self) -> None:
         """Raises AssertionError unless every export is stamped with its token, idle segments
@@ -145,6 +149,23 @@ class ShmTransport(KVTransport):
         assert all(token == 0 for token in idle_tokens), "an idle segment is still readable"
         on_disk = self._pool.num_on_disk()
         assert on_disk == len(exported) + len(idle_tokens), f"{on_disk} segment files on disk"
+
+    def _scatter(self, kv_cache: torch.Tensor, dst_index: torch.Tensor, src: np.ndarray) -> None:
+        """kv_cache[dst_index] = src, read from the segment before this returns (the token
+        check after it proves the rows read were the export's)."""
+        # src: [num_pages, page_nbytes] uint8, a read-only view of the segment (or the tap's copy)
+        if kv_cache.device.type == "cpu":
+            page_rows(kv_cache)[dst_index.numpy()] = src  # scatter_rows, from a numpy view
+            return
+        buffer = self._staging.take(src.nbytes, torch.device("cpu"))
+        try:
+            host = buffer[: src.nbytes].view(src.shape)
+            host.numpy()[...] = src
+            # From pinned memory, .to() returns once the DMA is done: the buffer is free after.
+            scatter_rows(kv_cache, dst_index, host.to(kv_cache.device))
+            torch.cuda.current_stream(kv_cache.device).synchronize()  # written when it returns
+        finally:
+            self._staging.give_back(buffer)
 
     def _check_token(
         self, mapping: mmap.mmap, address: SegmentAddress, nbytes: int, tid: str

@@ -68,7 +68,9 @@ def _add_up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-mib", dest="kv_cache_mib", type=int)
     parser.add_argument("--threads-per-worker", dest="threads_per_worker", type=int)
     parser.add_argument(
-        "--transport", choices=["shm", "gloo", "tcp"], help="KV backend (default: per pair)"
+        "--transport",
+        choices=["shm", "gloo", "tcp", "cuda_ipc"],
+        help="KV backend (default: per pair)",
     )
     parser.add_argument(
         "--policy",

@@ -182,15 +182,23 @@ class ClusterConfig(TokenFiles, BaseSettings):
 
     @model_validator(mode="after")
     def _local_transport(self) -> ClusterConfig:
-        # CPU workers in separate processes: local is in-process only, cuda_ipc/nccl need GPUs.
+        # Workers in separate processes of one node: local is in-process only, nccl spans
+        # nodes; cuda_ipc needs the KV caches on CUDA (with device auto, a worker that ends up
+        # on cpu fails at its start, naming `transport`).
         if self.transport not in (
             TransportBackend.SHM,
             TransportBackend.GLOO,
             TransportBackend.TCP,
+            TransportBackend.CUDA_IPC,
         ):
             raise ValueError(
-                f"transport: a local cluster moves KV over shm, gloo or tcp, not {self.transport}"
+                "transport: a local cluster moves KV over shm, gloo, tcp or cuda_ipc, "
+                f"not {self.transport}"
             )
+        if self.transport == TransportBackend.CUDA_IPC and self.device == "cpu":
+            raise ValueError("transport: cuda_ipc moves CUDA KV caches; device is cpu")
+        if self.transport == TransportBackend.CUDA_IPC and self.runner == "mock":
+            raise ValueError("transport: cuda_ipc moves CUDA KV caches; the mock runner's is cpu")
         return self
 
     @model_validator(mode="after")

@@ -144,7 +144,11 @@ class WorkerConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _holds_its_transport(self) -> WorkerConfig:
-        held_backends(self.transport, self.kv_group, self.kv_tcp_port is not None)
+        # Whether the KV cache is on CUDA (cuda_ipc held) is known once the engine is built
+        # (device auto; a mock runner's stays on cpu): only a cache surely on cpu fails here,
+        # the rest where the worker builds its transports, with the same error.
+        may_be_cuda = self.engine.device != "cpu" and self.engine.runner != "mock"
+        held_backends(self.transport, self.kv_group, self.kv_tcp_port is not None, may_be_cuda)
         return self
 
     def tcp_settings(self, serves: bool) -> TcpSettings | None:

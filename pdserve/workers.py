@@ -22,6 +22,7 @@ from engine.core import EngineStats
 from engine.request import SamplingParams
 from kv_transfer.faults import FaultKind
 from kv_transfer.pages import KVLayout, Role, TransportBackend
+from kv_transfer.topology import DeviceKind
 from kv_transfer.wire import layout_to_proto
 from pdserve.auth import TokenServerInterceptor
 from pdserve.channels import message_size_options
@@ -48,6 +49,7 @@ class WorkerIdentity:
     layout: KVLayout
     transport: TransportBackend  # the default KV backend, for requests that name none
     kv_backends: tuple[TransportBackend, ...]  # every backend it can export or fetch through
+    device: DeviceKind  # where its KV cache lives: the router's topology of its pairs
 
 
 def new_epoch() -> int:
@@ -98,6 +100,7 @@ def worker_stats_proto(
         queued_prefill_tokens=engine.num_queued_prefill_tokens,
         drained=serving.drained,
         metrics_port=serving.metrics_port,
+        device=identity.device.value,
     )
     return worker_pb2.WorkerStats(
         info=info,
@@ -155,9 +158,12 @@ def serve_worker(
     layout: KVLayout,
     kv_backends: tuple[TransportBackend, ...],
     health: HealthServicer,
+    *,
+    device: DeviceKind,
 ) -> tuple[WorkerServers, WorkerIdentity]:
     """Starts the internal gRPC server for `servicer` and `health` (grpc.health.v1), and the
-    health-only one when config.health_port is set; describes the running worker."""
+    health-only one when config.health_port is set; describes the running worker, whose KV
+    cache lives on `device`."""
 
     def register(server: grpc.Server) -> None:
         worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
@@ -186,6 +192,7 @@ def serve_worker(
         layout=layout,
         transport=config.transport,
         kv_backends=kv_backends,
+        device=device,
     )
     return servers, identity
 

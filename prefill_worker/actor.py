@@ -17,6 +17,7 @@ import torch
 from engine.builder import build_engine
 from kv_transfer.factory import make_worker_transports
 from kv_transfer.pages import Role
+from kv_transfer.topology import DeviceKind
 from pdserve.worker_edge import WorkerEdge
 from pdserve.worker_exit import WorkerExit
 from pdserve.worker_metrics import WorkerMetrics
@@ -46,6 +47,7 @@ class PrefillWorker:
             config.engine, Path(model_dir), config.worker_id, self._edge.events.append
         )
         self._edge.attach(self._loop)
+        device = DeviceKind(runner.kv_cache.device.type)  # a mock runner's stays on cpu
         # A prefill worker only exports: it never asks a peer to send (no request_send).
         self.metrics = WorkerMetrics(config.worker_id, Role.PREFILL, self._stats)
         self._transports = make_worker_transports(
@@ -56,6 +58,7 @@ class PrefillWorker:
             observer=self.metrics,
             faults=config.fault_plan,
             tcp=config.tcp_settings(serves=True),
+            cuda=device is DeviceKind.CUDA,
         )
         self._leases = LeaseTable(self._transports, self._free_pages, config.lease_ttl_s)
         self._loop.add_periodic(lambda core: self._leases.expire())
@@ -74,6 +77,7 @@ class PrefillWorker:
             runner.layout,
             self._transports.backends,
             self._edge.health.servicer,
+            device=device,
         )
         self._metrics_port = serve_metrics(self.metrics, config)
         self._exit = WorkerExit(self.drain, self._stop, config.drain_timeout_s)

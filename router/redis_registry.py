@@ -23,7 +23,8 @@ is logged once, when the breaker opens.
 Keys (`P` = key_prefix):
     P:workers          SET of worker ids (ids whose record expired are pruned by `sync`)
     P:worker:<id>      HASH, PEXPIRE ttl_s: worker_id address role epoch node pid transport
-                       kv_backends (comma-separated) layout (JSON) seen_unix_s retired (0|1),
+                       kv_backends (comma-separated) device (cpu|cuda; absent or unknown:
+                       cpu) layout (JSON) seen_unix_s retired (0|1),
                        every WorkerLoad field (integers; flags 0|1: queue_len running
                        pages_in_use pages_total ... draining drained), and pages_free
 """
@@ -50,6 +51,7 @@ from router.registry import (
     WorkerLoad,
     WorkerRecord,
     WorkerRegistry,
+    known_device,
 )
 
 log = logging.getLogger(__name__)
@@ -270,6 +272,7 @@ def record_to_fields(record: WorkerRecord) -> dict[str, str]:
         "metrics_port": str(record.metrics_port),
         "transport": record.transport.value,
         "kv_backends": ",".join(sorted(backend.value for backend in record.kv_backends)),
+        "device": record.device.value,
         "layout": json.dumps(dataclasses.asdict(record.layout), sort_keys=True),
         "seen_unix_s": repr(record.last_seen_s),
         "retired": "0",
@@ -280,7 +283,7 @@ def record_to_fields(record: WorkerRecord) -> dict[str, str]:
 
 def record_from_fields(fields: dict[str, str]) -> WorkerRecord:
     """Inverse of record_to_fields; raises KeyError or ValueError on a malformed hash. Load
-    fields it lacks (written by an older replica) keep their defaults."""
+    fields and a device it lacks (written by an older replica) keep their defaults (cpu)."""
     load = {name: kind(int(fields[name])) for name, kind in _LOAD_TYPES.items() if name in fields}
     backends = fields["kv_backends"]
     return WorkerRecord(
@@ -294,6 +297,7 @@ def record_from_fields(fields: dict[str, str]) -> WorkerRecord:
         metrics_port=int(fields.get("metrics_port", 0)),
         transport=TransportBackend(fields["transport"]),
         kv_backends=known_backends(backends.split(",")),
+        device=known_device(fields.get("device", "")),
         load=WorkerLoad(**load),
         last_seen_s=float(fields["seen_unix_s"]),
     )

@@ -68,8 +68,10 @@ class WorkerRecord:
     pid: int = 0
     metrics_port: int = 0  # its Prometheus /metrics port on `node` (0: none)
     transport: TransportBackend = TransportBackend.LOCAL  # its default KV backend
-    # What it can export or fetch through: shm always, gloo/nccl once it joined a KV group.
+    # What it can export or fetch through: shm always, cuda_ipc with its KV cache on CUDA,
+    # gloo/nccl once it joined a KV group, tcp when configured.
     kv_backends: frozenset[TransportBackend] = frozenset({TransportBackend.SHM})
+    device: DeviceKind = DeviceKind.CPU  # where its KV cache lives
     load: WorkerLoad = field(default_factory=WorkerLoad)
     alive: bool = True  # false once the monitor gave up on it; routing skips it
     last_seen_s: float = field(default_factory=time.time)  # unix time of its last report
@@ -81,8 +83,18 @@ class WorkerRecord:
 
     @property
     def topology(self) -> PeerTopology:
-        """Where its KV cache lives. Workers keep it on CPU: the engine has no device setting."""
-        return PeerTopology(self.node, DeviceKind.CPU)
+        """Where its KV cache lives: the node and device it reported (topology.py's table
+        picks the pair's backend from the two)."""
+        return PeerTopology(self.node, self.device)
+
+
+def known_device(name: str) -> DeviceKind:
+    """The device a worker reported ("cuda:1" reads as cuda). Empty (a worker older than the
+    field) or unknown (a newer one's) reads as cpu, so a rolling upgrade never breaks on it:
+    the host-staged backends (shm, gloo, tcp) serve a KV cache on any device."""
+    kind = name.split(":")[0]
+    known = {device.value for device in DeviceKind}
+    return DeviceKind(kind) if kind in known else DeviceKind.CPU
 
 
 class WorkerRegistry(ABC):

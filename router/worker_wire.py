@@ -12,7 +12,7 @@ from kv_transfer.pages import KVHandle, Role, TransportBackend, known_backends
 from kv_transfer.wire import handle_from_proto, handle_to_proto, layout_from_proto
 from pdserve.v1 import worker_pb2
 from router.prefix_index import EventBatch, IndexEvent
-from router.registry import WorkerLoad, WorkerRecord
+from router.registry import WorkerLoad, WorkerRecord, known_device
 from router.validation import ValidatedRequest
 
 
@@ -117,7 +117,9 @@ def batch_from_proto(worker_id: str, batch: worker_pb2.PageEventBatch) -> EventB
 
 
 def record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
-    """Raises ValueError for an unknown role, backend or an invalid layout."""
+    """Raises ValueError for an unknown role, default backend or an invalid layout; backends
+    and a device it does not know are read as rolling upgrades do (known_backends,
+    known_device)."""
     info = stats.info
     load = WorkerLoad(
         queue_len=info.queue_len,
@@ -143,5 +145,6 @@ def record_from_stats(stats: worker_pb2.WorkerStats) -> WorkerRecord:
         metrics_port=info.metrics_port,
         transport=TransportBackend(info.transport),
         kv_backends=known_backends(stats.kv_backends),
+        device=known_device(info.device),
         load=load,
     )

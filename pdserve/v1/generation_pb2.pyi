@@ -175,7 +175,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "role", "address", "pid", "node", "epoch", "alive", "pages_in_use", "pages_total", "queue_len", "running", "leases_outstanding", "transfers_in_flight", "request_pages", "integrity_ok", "transport", "draining", "queued_prefill_tokens", "drained", "metrics_port")
+    __slots__ = ("worker_id", "role", "address", "pid", "node", "epoch", "alive", "pages_in_use", "pages_total", "queue_len", "running", "leases_outstanding", "transfers_in_flight", "request_pages", "integrity_ok", "transport", "draining", "queued_prefill_tokens", "drained", "metrics_port", "device")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class WorkerInfo(_message.Message):
     QUEUED_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: str
     address: str
@@ -216,7 +217,8 @@ class WorkerInfo(_message.Message):
     queued_prefill_tokens: int
     drained: bool
     metrics_port: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ..., alive: _Optional[bool] = ..., pages_in_use: _Optional[int] = ..., pages_total: _Optional[int] = ..., queue_len: _Optional[int] = ..., running: _Optional[int] = ..., leases_outstanding: _Optional[int] = ..., transfers_in_flight: _Optional[int] = ..., request_pages: _Optional[int] = ..., integrity_ok: _Optional[bool] = ..., transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queued_prefill_tokens: _Optional[int] = ..., drained: _Optional[bool] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    device: str
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ..., alive: _Optional[bool] = ..., pages_in_use: _Optional[int] = ..., pages_total: _Optional[int] = ..., queue_len: _Optional[int] = ..., running: _Optional[int] = ..., leases_outstanding: _Optional[int] = ..., transfers_in_flight: _Optional[int] = ..., request_pages: _Optional[int] = ..., integrity_ok: _Optional[bool] = ..., transport: _Optional[str] = ..., draining: _Optional[bool] = ..., queued_prefill_tokens: _Optional[int] = ..., drained: _Optional[bool] = ..., metrics_port: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "model", "workers", "requests_in_flight")

@@ -50,6 +50,7 @@ class MockBehavior:
     kv_failure: WorkerReason | None = None  # a handed-off Decode's pull fails with it (acked)
     report_kv_transfer_s: float = 0.002
     kv_backends: tuple[TransportBackend, ...] = (TransportBackend.SHM,)  # what GetStats reports
+    device: str = "cpu"  # where GetStats says its KV cache lives ("" as a worker without it)
     cache_pages: int = 0  # > 0: a real prefix cache of this many pages (instead of num_pages)
     prefill_s_per_token: float = 0.0  # modelled compute per uncached prompt token; cache only
     page_wait_s: float = 0.0  # cache only: a prefill waits this long for pages, then fails

@@ -214,6 +214,7 @@ class MockWorker(worker_pb2_grpc.WorkerServicer):
             draining=self.draining,
             queued_prefill_tokens=pool.queued_prefill_tokens,
             drained=self.drained,
+            device=self.behavior.device,
         )
         return worker_pb2.WorkerStats(
             info=info,

@@ -16,7 +16,9 @@ from pdserve.v1 import generation_pb2, worker_pb2, worker_pb2_grpc
 
 
 def start_cluster(**overrides) -> BackgroundCluster:
-    settings = {"port": 0, "dtype": "float32", "kv_cache_mib": 64} | overrides
+    # On cpu unless a test asks for cuda: a GPU box checks what CI checks (with device auto its
+    # workers would hold cuda_ipc too, and pairs would move KV over it instead of shm).
+    settings = {"port": 0, "dtype": "float32", "kv_cache_mib": 64, "device": "cpu"} | overrides
     return BackgroundCluster(ClusterConfig(**settings)).start()
 
 

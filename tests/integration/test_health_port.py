@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
 from kv_transfer.pages import Role, TransportBackend
+from kv_transfer.topology import DeviceKind
 from pdserve.channels import open_aio_channel, open_channel
 from pdserve.tls import TLSConfig
 from pdserve.v1 import worker_pb2, worker_pb2_grpc
@@ -73,6 +74,7 @@ def test_worker_health_port_answers_plaintext_what_the_tls_port_answers(pki):
         SMALL_LAYOUT,
         (TransportBackend.SHM,),
         health,
+        device=DeviceKind.CPU,
     )
     health_address = f"127.0.0.1:{servers.health_port}"
     try:

@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from kv_transfer.pages import KVLayout, Role, TransportBackend
+from kv_transfer.topology import DeviceKind
 from router.breaker import BreakerState, CircuitBreaker
 from router.redis_registry import RedisRegistry
 from router.registry import StaleEpoch, WorkerLoad, WorkerRecord
@@ -55,12 +56,15 @@ async def stored_epoch(redis_url: str, worker_id: str) -> str | None:
 
 
 async def test_a_worker_registered_through_one_replica_appears_in_the_other(redis_url):
-    """Every field survives the trip through Redis, down to the flags and the backends."""
+    """Every field survives the trip through Redis, down to the flags, backends and device."""
     record = make_record(
         node="n1",
         pid=4242,
         transport=TransportBackend.GLOO,
-        kv_backends=frozenset({TransportBackend.SHM, TransportBackend.GLOO}),
+        kv_backends=frozenset(
+            {TransportBackend.SHM, TransportBackend.CUDA_IPC, TransportBackend.GLOO}
+        ),
+        device=DeviceKind.CUDA,
         load=WorkerLoad(queue_len=3, pages_in_use=5, pages_total=64, draining=True),
     )
     async with replicas(redis_url) as (a, b):

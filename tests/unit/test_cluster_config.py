@@ -158,3 +158,26 @@ def test_status_table_shows_each_workers_drain_state_and_metrics_port(capsys):
     assert "9101" in rows["prefill-0"] and "draining" not in rows["prefill-0"]
     assert "draining" in rows["prefill-1"]
     assert "drained" in rows["decode-0"]
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_a_local_cluster_may_move_kv_over_cuda_ipc_unless_its_workers_are_on_cpu(device):
+    assert ClusterConfig(transport="cuda_ipc", device=device).transport == "cuda_ipc"
+
+
+@pytest.mark.parametrize("settings", [{"device": "cpu"}, {"runner": "mock"}])
+def test_cuda_ipc_is_refused_naming_transport_when_the_kv_caches_stay_on_cpu(settings):
+    """device cpu, or the mock runner, whose KV cache is on cpu whatever the device."""
+    with pytest.raises(ValueError, match="transport: cuda_ipc"):
+        ClusterConfig(transport="cuda_ipc", **settings)
+
+
+@pytest.mark.parametrize("transport", ["local", "nccl"])
+def test_transports_a_local_cluster_cannot_use_are_refused(transport):
+    with pytest.raises(ValueError, match="transport: a local cluster"):
+        ClusterConfig(transport=transport)
+
+
+def test_up_takes_transport_cuda_ipc():
+    args = cli._parser().parse_args(["up", "--transport", "cuda_ipc"])
+    assert cli.up_config(args).transport == "cuda_ipc"

@@ -7,17 +7,25 @@ from __future__ import annotations
 import pytest
 
 from kv_transfer.pages import KVLayout, Role, TransportBackend
+from kv_transfer.topology import DeviceKind
 from router.errors import NoWorkers
-from router.policy import PolicyConfig, RouteInput, has_route, pick_route
+from router.policy import PolicyConfig, RouteInput, has_route, pair_backend, pick_route
 from router.registry import WorkerLoad, WorkerRecord
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=8, page_size=4, dtype="float32")
-SHM, GLOO = TransportBackend.SHM, TransportBackend.GLOO
+SHM, GLOO, TCP = TransportBackend.SHM, TransportBackend.GLOO, TransportBackend.TCP
+CUDA_IPC = TransportBackend.CUDA_IPC
 GROUP = (SHM, GLOO)  # a worker that joined the cluster's gloo KV group
+ON_GPU = (SHM, CUDA_IPC)  # a worker whose KV cache is on CUDA
 
 
 def make_worker(
-    worker_id: str, role: Role, node: str = "node-a", kv_backends=(SHM,), running: int = 0
+    worker_id: str,
+    role: Role,
+    node: str = "node-a",
+    kv_backends=(SHM,),
+    running: int = 0,
+    device: DeviceKind = DeviceKind.CPU,
 ) -> WorkerRecord:
     return WorkerRecord(
         worker_id,
@@ -27,6 +35,7 @@ def make_worker(
         layout=LAYOUT,
         node=node,
         kv_backends=frozenset(kv_backends),
+        device=device,
         load=WorkerLoad(running=running, pages_total=100),
     )
 
@@ -82,3 +91,26 @@ def test_an_override_no_pair_can_use_leaves_no_route(nodes, kv_backends, overrid
         pick_route(workers, RouteInput(100), PolicyConfig(kv_backend=override))
     assert not has_route(workers, override)
     assert has_route(workers)  # the override alone is what leaves them unpaired
+
+
+def test_two_cuda_workers_on_one_node_move_kv_over_cuda_ipc():
+    """The topology's first choice for them, device to device, now that both report cuda."""
+    prefill = make_worker("p0", Role.PREFILL, kv_backends=ON_GPU, device=DeviceKind.CUDA)
+    decode = make_worker("d0", Role.DECODE, kv_backends=ON_GPU, device=DeviceKind.CUDA)
+    assert pair_backend(prefill, decode) == CUDA_IPC
+    assert routed([prefill, decode]) == ("p0", "d0", CUDA_IPC)
+
+
+def test_cuda_workers_on_two_nodes_fall_back_to_tcp_without_an_nccl_group():
+    """cuda_ipc serves one node only; nccl is first across nodes, but neither joined one."""
+    prefill = make_worker("p0", Role.PREFILL, "node-a", (*ON_GPU, TCP), device=DeviceKind.CUDA)
+    decode = make_worker("d0", Role.DECODE, "node-b", (*ON_GPU, TCP), device=DeviceKind.CUDA)
+    assert pair_backend(prefill, decode) == TCP
+
+
+def test_a_pair_is_cuda_by_its_reported_device_not_by_the_backends_it_holds():
+    """A record that names no device (WorkerRecord's default, an older worker's) is on cpu:
+    the pair moves KV over shm even though one of them holds cuda_ipc."""
+    prefill = make_worker("p0", Role.PREFILL, kv_backends=ON_GPU)
+    decode = make_worker("d0", Role.DECODE)
+    assert (prefill.topology.device, pair_backend(prefill, decode)) == (DeviceKind.CPU, SHM)

@@ -7,7 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+
 from kv_transfer.pages import Role, TransportBackend
+from kv_transfer.topology import DeviceKind
 from pdserve.registration import WorkerRegistration
 from router.redis_registry import record_from_fields, record_to_fields
 from router.registry import InMemoryRegistry
@@ -143,3 +146,30 @@ async def test_a_record_naming_a_backend_this_router_does_not_know_still_reads()
         fields = record_to_fields(await registration.register())
     fields["kv_backends"] = "rdma-of-the-future,shm,tcp"
     assert record_from_fields(fields).kv_backends == {TransportBackend.SHM, TransportBackend.TCP}
+
+
+async def test_a_worker_on_cuda_is_recorded_on_cuda_through_redis_fields_too():
+    """Its device is what makes the router pair it over cuda_ipc with another on its node."""
+    async with registered_worker(decode_worker(device="cuda")) as (registration, _):
+        record = await registration.register()
+    assert record.device is DeviceKind.CUDA
+    assert record_from_fields(record_to_fields(record)).device is DeviceKind.CUDA
+
+
+@pytest.mark.parametrize("device", ["", "tpu-of-the-future"])
+async def test_a_worker_reporting_no_device_or_an_unknown_one_is_recorded_on_cpu(device):
+    """A worker older than the field sends none, a newer one may name a device this router
+    does not know: either still registers (rolling upgrade), as a CPU worker."""
+    async with registered_worker(decode_worker(device=device)) as (registration, _):
+        assert (await registration.register()).device is DeviceKind.CPU
+
+
+@pytest.mark.parametrize("device", [None, "tpu-of-the-future"])
+async def test_a_redis_record_without_a_known_device_reads_as_cpu(device):
+    """Written by a replica older than the field (no device) or newer (one unknown here)."""
+    async with registered_worker(decode_worker(device="cuda")) as (registration, _):
+        fields = record_to_fields(await registration.register())
+    fields.pop("device")
+    if device is not None:
+        fields["device"] = device
+    assert record_from_fields(fields).device is DeviceKind.CPU
