@@ -1,7 +1,9 @@
 """`python -m bench [--only B1[,B4]] [--quick]`: runs the benchmarks (bench/b<N>_*.py), writes
 bench/results/<id>.json for each, and prints each one's headline line.
 
-A benchmark module exposes ID ("B1"), NAME and `run(quick: bool) -> BenchResult`.
+A benchmark module exposes ID ("B1"), NAME and `run(quick: bool) -> BenchResult`. A run()
+that raises BenchUnavailable (B6 without CUDA) is skipped, with its reason, when every
+benchmark runs, and fails the command when it was named in --only.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from types import ModuleType
 
 import bench
+from bench.common import BenchUnavailable
 
 _MODULE_RE = re.compile(r"^b(\d+)_\w+$")
 
@@ -50,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     args = parser.parse_args(argv)
     for module in select(discover(), args.only):
-        result = module.run(args.quick)
+        try:
+            result = module.run(args.quick)
+        except BenchUnavailable as reason:
+            if args.only is not None:  # asked for by name: a failure, not a skip
+                raise SystemExit(f"{module.ID} {reason}") from None
+            print(f"{module.ID} skipped: {reason}", flush=True)
+            continue
         path = result.write()
         print(f"wrote {path}", flush=True)
         print(result.headline(), flush=True)

@@ -16,6 +16,10 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+class BenchUnavailable(Exception):
+    """Raised by a benchmark's run() when this machine cannot run it (e.g. it has no GPU)."""
+
+
 @dataclass(slots=True)
 class BenchResult:
     """One benchmark's outcome: a headline ratio against its target, plus everything measured."""
