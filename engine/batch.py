@@ -31,3 +31,10 @@ class ForwardBatch:
     @property
     def num_tokens(self) -> int:
         return self.query_start_loc[-1]
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`host` on `device`: on CUDA one asynchronous copy from pinned memory (no host sync)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.attention import AttentionBackendName, resolve_attention
 from engine.config import ModelConfig
 from engine.core import EngineCore
 from engine.loop import EngineLoop
@@ -52,7 +54,17 @@ class EngineConfig(BaseModel):
         True, description="Reuse cached full pages of equal prefixes."
     )
     num_threads: int = Field(1, ge=1, description="torch intra-op threads of this worker.")
-    attention: Literal["torch"] = Field("torch", description="Attention backend.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model and KV cache live; auto: cuda when a GPU is visible."
+    )
+    attention: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="Attention backend; auto: triton on cuda, torch elsewhere."
+    )
+    cuda_graphs: bool = Field(
+        True,
+        description="On cuda with triton attention: decode steps replay CUDA graphs captured at "
+        "start for batch sizes 1, 2, 4, 8, 16, 32, … up to max_num_seqs.",
+    )
     runner: RunnerKind = Field(
         "model",
         description="model: load the weights and run them; mock: no weights, each next token "
@@ -73,6 +85,21 @@ class EngineConfig(BaseModel):
                 f"dtype: the mock runner needs float32 (exact token ids), not {self.dtype}"
             )
         return self
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def graph_batch_sizes(self) -> tuple[int, ...]:
+        """The decode batch sizes captured in CUDA graphs; none off cuda or without triton."""
+        device = torch.device(self.resolved_device())
+        if not self.cuda_graphs or device.type != "cuda":
+            return ()
+        if resolve_attention(self.attention, device) is not AttentionBackendName.TRITON:
+            return ()
+        sizes = [1, 2, 4, 8, *range(16, self.max_num_seqs + 1, 16), self.max_num_seqs]
+        return tuple(sorted({size for size in sizes if size <= self.max_num_seqs}))
 
     def num_pages(self, model: ModelConfig) -> int:
         return self.kv_cache_mib * 2**20 // model.kv_layout(self.page_size, self.dtype).page_nbytes
@@ -120,4 +147,12 @@ def _make_runner(config: EngineConfig, model_dir: Path, num_pages: int) -> Model
             prefill_s_per_token=config.mock_prefill_s_per_token,
             decode_s_per_step=config.mock_decode_s_per_step,
         )
-    return ModelRunner(model_dir, config.dtype, num_pages, config.page_size, config.attention)
+    return ModelRunner(
+        model_dir,
+        config.dtype,
+        num_pages,
+        config.page_size,
+        attention=config.attention,
+        device=config.resolved_device(),
+        cuda_graph_batch_sizes=config.graph_batch_sizes(),
+    )

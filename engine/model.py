@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.attention.base import AttentionBackend
-from engine.batch import ForwardBatch
+from engine.batch import ForwardBatch, to_device
 from engine.config import ModelConfig
 
 # Old checkpoints carry the rotary table as a buffer; it is recomputed, never loaded.
@@ -42,6 +42,10 @@ class RotaryEmbedding:
     def __init__(self, head_dim: int, theta: float) -> None:
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
         self.inv_freq = 1.0 / (theta ** (exponents / head_dim))  # [head_dim / 2]
+
+    def to(self, device: torch.device) -> None:
+        """Keeps the table on the model's device: a step then copies nothing from the host."""
+        self.inv_freq = self.inv_freq.to(device)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         # positions: [num_tokens] -> cos, sin: [num_tokens, 1, head_dim] in dtype
@@ -162,11 +166,38 @@ class CausalLM(nn.Module):
 
         # returns: [num_seqs, vocab_size] float32 logits of each sequence's last token
         """
-        device = self.lm_head.weight.device
-        cos, sin = self.rotary.cos_sin(batch.positions.to(device), self.lm_head.weight.dtype)
-        step = StepContext(attn, kv_cache, attn.prepare(batch, kv_cache), cos, sin)
-        hidden = self.model.embed_tokens(batch.token_ids.to(device))  # [num_tokens, hidden]
+        inputs = StepInputs.of(batch, self.lm_head.weight.device)
+        return self.step(inputs, kv_cache, attn, attn.prepare(batch, kv_cache))
+
+    def step(
+        self, inputs: StepInputs, kv_cache: torch.Tensor, attn: AttentionBackend, metadata: object
+    ) -> torch.Tensor:
+        """forward() on inputs already on the device: reads no host value, so a CUDA graph
+        can capture it (engine/cuda_graphs.py) when attn's metadata is all device tensors.
+
+        # returns: [len(inputs.last_index), vocab_size] float32 logits
+        """
+        cos, sin = self.rotary.cos_sin(inputs.positions, self.lm_head.weight.dtype)
+        step = StepContext(attn, kv_cache, metadata, cos, sin)
+        hidden = self.model.embed_tokens(inputs.token_ids)  # [num_tokens, hidden]
         for layer in self.model.layers:
             hidden = layer(hidden, step)
-        last = torch.tensor(batch.query_start_loc[1:], device=device) - 1
-        return self.lm_head(self.model.norm(hidden[last])).float()
+        return self.lm_head(self.model.norm(hidden[inputs.last_index])).float()
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """A step's token-level inputs on the model's device."""
+
+    token_ids: torch.Tensor  # [num_tokens] int
+    positions: torch.Tensor  # [num_tokens] int
+    last_index: torch.Tensor  # [num_seqs] int, the row of each sequence's last token
+
+    @classmethod
+    def of(cls, batch: ForwardBatch, device: torch.device) -> StepInputs:
+        last = torch.tensor(batch.query_start_loc[1:]) - 1
+        token_ids, positions = (
+            to_device(batch.token_ids, device),
+            to_device(batch.positions, device),
+        )
+        return cls(token_ids, positions, to_device(last, device))

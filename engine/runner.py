@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,6 +12,9 @@ from engine.batch import ForwardBatch
 from engine.config import ModelConfig
 from engine.model import CausalLM
 from engine.weights import load_state_dict
+
+if TYPE_CHECKING:
+    from engine.cuda_graphs import DecodeGraphs
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,25 +33,28 @@ class ModelRunner:
         dtype: str,
         num_pages: int,
         page_size: int,
-        attention: str = "torch",
+        attention: str = "auto",
         device: str = "cpu",
+        cuda_graph_batch_sizes: tuple[int, ...] = (),
     ) -> None:
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype: expected one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
-        torch_dtype = TORCH_DTYPES[dtype]
+        torch_dtype, torch_device = TORCH_DTYPES[dtype], torch.device(device)
         self.config = ModelConfig.from_dir(Path(model_dir))
         self.layout = self.config.kv_layout(page_size, dtype)
-        self.attention = get_attention_backend(attention)
+        self.attention = get_attention_backend(attention, torch_device)
         with torch.device("meta"):  # weights are assigned below: skip the random init
             self.model = CausalLM(self.config, torch_dtype)
-        self.model.load_hf_weights(_load_to(model_dir, torch_dtype, torch.device(device)))
+        self.model.load_hf_weights(_load_to(model_dir, torch_dtype, torch_device))
+        self.model.rotary.to(torch_device)
         self.model.eval()
         layout = self.layout
         self.kv_cache = torch.zeros(
             (num_pages, layout.num_layers, 2, page_size, layout.num_kv_heads, layout.head_dim),
             dtype=torch_dtype,
-            device=device,
+            device=torch_device,
         )
+        self.graphs = self._decode_graphs(cuda_graph_batch_sizes, page_size)
 
     @property
     def device(self) -> torch.device:
@@ -59,7 +66,23 @@ class ModelRunner:
         # returns: [num_seqs, vocab_size] float32 logits of each sequence's last token
         """
         with torch.inference_mode():
-            return self.model(batch, self.kv_cache, self.attention)
+            logits = self.graphs.run(batch) if self.graphs is not None else None
+            if logits is None:
+                logits = self.model(batch, self.kv_cache, self.attention)
+            return logits
+
+    def _decode_graphs(self, sizes: tuple[int, ...], page_size: int) -> DecodeGraphs | None:
+        """Decode graphs for `sizes` (captured on CUDA, run eagerly elsewhere), or None."""
+        if not sizes:
+            return None
+        from engine.attention.triton import TritonAttentionBackend  # imports triton
+        from engine.cuda_graphs import DecodeGraphs
+
+        if not isinstance(self.attention, TritonAttentionBackend):
+            raise ValueError("cuda_graph_batch_sizes: decode graphs need the triton attention")
+        max_pages = -(-self.config.max_position_embeddings // page_size)
+        capture = self.device.type == "cuda"
+        return DecodeGraphs(self.model, self.kv_cache, self.attention, sizes, max_pages, capture)
 
 
 def _load_to(model_dir: Path, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:

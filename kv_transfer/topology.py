@@ -2,7 +2,7 @@
 
 The router imports this (it must load neither torch nor ray); the workers build transports
 with kv_transfer/factory.py. The table (ARCHITECTURE.md §5):
-    same node, both CPU   -> shm          same node, both CUDA -> cuda_ipc
+    same node, both CUDA  -> cuda_ipc     same node, otherwise -> shm (host-staged)
     both CUDA, two nodes  -> nccl         anything else        -> gloo
 then tcp and gloo as fallbacks, for pairs that do not both hold the first choice (workers
 started one by one, on Kubernetes, form no KV group: they pair over tcp). The router passes
@@ -67,10 +67,10 @@ def preferred_backends(src: PeerTopology, dst: PeerTopology) -> tuple[TransportB
     any nodes and devices), then gloo."""
     same_node = src.node_id == dst.node_id
     both = {src.device, dst.device}
-    if same_node and both == {DeviceKind.CPU}:
-        first = TransportBackend.SHM
-    elif same_node and both == {DeviceKind.CUDA}:
+    if same_node and both == {DeviceKind.CUDA}:
         first = TransportBackend.CUDA_IPC
+    elif same_node:  # shm stages through host memory, from and to either device
+        first = TransportBackend.SHM
     elif both == {DeviceKind.CUDA}:
         first = TransportBackend.NCCL
     else:
@@ -86,7 +86,7 @@ def usable_backends(src: PeerTopology, dst: PeerTopology) -> frozenset[Transport
     usable = {TransportBackend.GLOO, TransportBackend.TCP}
     if same_node:
         usable.add(TransportBackend.LOCAL)
-    if same_node and both == {DeviceKind.CPU}:
+    if same_node:
         usable.add(TransportBackend.SHM)
     if same_node and both == {DeviceKind.CUDA}:
         usable.add(TransportBackend.CUDA_IPC)

@@ -62,6 +62,14 @@ def _add_up(parser: argparse.ArgumentParser) -> None:
         help="prefill + decode workers to split by --ratio",
     )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="workers' device")
+    parser.add_argument("--attention", choices=["auto", "torch", "triton"])
+    parser.add_argument(
+        "--cuda-graphs",
+        dest="cuda_graphs",
+        action=argparse.BooleanOptionalAction,
+        help="replay decode steps from CUDA graphs (on cuda; default on)",
+    )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--page-size", dest="page_size", type=int)

@@ -37,6 +37,13 @@ class ClusterConfig(TokenFiles, BaseSettings):
         DEFAULT_MODEL_CACHE, description="Where converted models are kept."
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights and KV dtype.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Workers' device; auto: cuda when a GPU is visible to them."
+    )
+    attention: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="Attention backend; auto: triton on cuda, torch elsewhere."
+    )
+    cuda_graphs: bool = Field(True, description="Replay decode steps from CUDA graphs on cuda.")
     num_prefill: int = Field(1, ge=0, description="Prefill workers.")
     num_decode: int = Field(1, ge=0, description="Decode workers.")
     num_colocated: int = Field(0, ge=0, description="Workers that prefill and decode (role both).")
@@ -67,9 +74,10 @@ class ClusterConfig(TokenFiles, BaseSettings):
     )
     transport: TransportBackend = Field(
         TransportBackend.SHM,
-        description="KV transfer backend: shm (pairs chosen by topology: shm on one node), "
-        "gloo (every worker joins one KV group and every pair uses it), or tcp (every worker "
-        "holds point-to-point streams and every pair uses them; no group, so pools can grow).",
+        description="KV transfer backend: shm (pairs chosen by topology: shm on one node, "
+        "cuda_ipc between two CUDA caches of one node), gloo (every worker joins one KV group "
+        "and every pair uses it), tcp (every worker holds point-to-point streams and every "
+        "pair uses them; no group, so pools can grow), or cuda_ipc (CUDA workers only).",
     )
     lease_ttl_s: float = Field(30.0, gt=0, description="Pins of handed-off pages without an ack.")
     transfer_timeout_s: float = Field(

@@ -34,6 +34,9 @@ ENGINE_KEYS = {
     "model": "model",
     "model_cache_dir": "model_cache_dir",
     "dtype": "dtype",
+    "device": "device",
+    "attention": "attention",
+    "cuda_graphs": "cuda_graphs",
     "page_size": "page_size",
     "kv_cache_mib": "kv_cache_mib",
     "threads_per_worker": "num_threads",
@@ -104,6 +107,9 @@ class WorkerServiceConfig(InternalTokenFile, DecodeWorkerConfig, PrefillWorkerCo
     model: str = _as_in_up("model")
     model_cache_dir: Path = _as_in_up("model_cache_dir")
     dtype: Literal["float32", "bfloat16"] = _as_in_up("dtype")
+    device: Literal["auto", "cpu", "cuda"] = _as_in_up("device")
+    attention: Literal["auto", "torch", "triton"] = _as_in_up("attention")
+    cuda_graphs: bool = _as_in_up("cuda_graphs")
     page_size: int = _as_in_up("page_size")
     kv_cache_mib: int = _as_in_up("kv_cache_mib")
     threads_per_worker: int = _as_in_up("threads_per_worker")

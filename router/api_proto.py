@@ -125,6 +125,7 @@ def worker_info_to_proto(record: WorkerRecord) -> generation_pb2.WorkerInfo:
         request_pages=load.request_pages,
         integrity_ok=load.integrity_ok,
         transport=record.transport.value,
+        device=record.device.value,
         draining=load.draining,
         queued_prefill_tokens=load.queued_prefill_tokens,
         drained=load.drained,

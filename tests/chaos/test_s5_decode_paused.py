@@ -64,8 +64,9 @@ async def probe_handoff(cluster: ChaosCluster, decode: worker_pb2_grpc.WorkerStu
     prompt = list(range(1, 33))
     async with grpc.aio.insecure_channel(prefill_address) as channel:
         prefill = await worker_pb2_grpc.WorkerStub(channel).Prefill(
-            worker_pb2.PrefillRequest(request_id=PROBE_ID, prompt_token_ids=prompt,
-                                      sampling=sampling, kv_backend="shm"),  # fmt: skip
+            worker_pb2.PrefillRequest(
+                request_id=PROBE_ID, prompt_token_ids=prompt, sampling=sampling, kv_backend="shm"
+            ),  # fmt: skip
             timeout=10,
         )
     request = worker_pb2.DecodeRequest(

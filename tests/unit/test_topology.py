@@ -31,7 +31,8 @@ NODE_B_CPU = PeerTopology("node-b", "cpu")
             TransportBackend.CUDA_IPC,
         ),
         (PeerTopology("node-a", "cuda"), PeerTopology("node-b", "cuda"), TransportBackend.NCCL),
-        (NODE_A_CPU, PeerTopology("node-a", "cuda"), GLOO),
+        (NODE_A_CPU, PeerTopology("node-a", "cuda"), SHM),  # host-staged, either device
+        (PeerTopology("node-a", "cuda"), NODE_B_CPU, GLOO),
     ],
 )
 def test_without_an_override_the_topology_decides(src, dst, expected):

@@ -159,7 +159,8 @@ def test_a_truncated_cuda_ipc_handle_is_a_transfer_error():
         (("n1", "cuda"), ("n1", "cuda:1"), TransportBackend.CUDA_IPC),
         (("n1", "cuda"), ("n2", "cuda"), TransportBackend.NCCL),
         (("n1", "cpu"), ("n2", "cpu"), TransportBackend.GLOO),
-        (("n1", "cpu"), ("n1", "cuda"), TransportBackend.GLOO),
+        (("n1", "cpu"), ("n1", "cuda"), TransportBackend.SHM),
+        (("n1", "cuda"), ("n2", "cpu"), TransportBackend.GLOO),
     ],
 )
 def test_the_backend_follows_the_topology(src, dst, expected):
