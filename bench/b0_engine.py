@@ -20,6 +20,13 @@ pdserve(a), hf(a), pdserve(b), hf(b), interleaved; medians with min–max. bfloa
 headline dtype only if it is faster than float32 for both arms on both workloads. On a CPU
 without native bfloat16 arithmetic (no avx512_bf16 / amx_bf16: the AVX2 boxes) bfloat16 is
 skipped, its matmuls being emulated and several times slower than float32; the JSON says so.
+
+On a machine with CUDA (bench_device()) both arms run on the GPU: the engine as a GPU worker
+runs (Triton attention, decode steps replayed from CUDA graphs of the worker's batch sizes),
+HF's model on the same device in the same dtype; every timed run ends with
+torch.cuda.synchronize(). bfloat16 is the headline there, float32 runs beside it in a full
+run, each workload is also warmed once (discarded), and the target for (a) is ≥ 10×
+(BENCHMARKS.md's GPU column). The machine record names the GPU. Threads stay at 2.
 """
 
 from __future__ import annotations
@@ -31,16 +38,22 @@ from typing import Any
 
 import torch
 
-from bench.common import BenchResult, Summary, interleave, machine_info
-from bench.engine_arms import ENGINE, ArmRun, EngineArm, HFArm
+from bench.common import (
+    BenchResult,
+    Summary,
+    bench_device,
+    device_info,
+    interleave,
+    machine_info,
+)
+from bench.engine_arms import CPU, ENGINE, ArmRun, EngineArm, HFArm, engine_config
 from bench.engine_workloads import (
-    FULL,
-    QUICK,
     WARMUP,
     Plan,
     Workload,
     describe_lengths,
     hf_computed_tokens,
+    plan_for,
 )
 from engine.builder import DEFAULT_MODEL_CACHE
 from engine.config import ModelConfig
@@ -50,30 +63,37 @@ ID = "B0"
 NAME = "engine ÷ HF generate output tok/s, workload (a)"
 TARGET_MIXED = 2.0
 TARGET_UNIFORM = 1.0
+TARGET_MIXED_GPU = 10.0
 MODEL = "smollm2-135m"
 NUM_THREADS = 2
 
 
 def run(quick: bool) -> BenchResult:
-    plan = QUICK if quick else FULL
+    device = bench_device()
+    plan = plan_for(quick, device.type)
+    target_a = TARGET_MIXED_GPU if device.type == "cuda" else TARGET_MIXED
     torch.set_num_threads(NUM_THREADS)
     threads = _thread_info()
     mode = "quick" if plan.is_quick else "full"
     print(f"B0 [{mode}] process threads: {threads}", flush=True)
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        print(f"B0 on {gpu}: dtypes {plan.dtypes}, target (a) ≥ {target_a:g}× (GPU)", flush=True)
     model_dir = resolve_model(MODEL, DEFAULT_MODEL_CACHE)
-    dtypes, skipped = _runnable_dtypes(plan.dtypes)
-    by_dtype = {dtype: measure_dtype(model_dir, dtype, plan) for dtype in dtypes}
-    headline_dtype = _headline_dtype(by_dtype)
+    dtypes, skipped = _runnable_dtypes(plan.dtypes, device)
+    by_dtype = {dtype: measure_dtype(model_dir, dtype, plan, device) for dtype in dtypes}
+    headline_dtype = _headline_dtype(by_dtype, device)
     rows = by_dtype[headline_dtype]
     _print_summary(by_dtype, headline_dtype)
     details = {
         "mode": mode,
         "quick": plan.is_quick,
+        "device": device.type,
         "headline_dtype": headline_dtype,
         "skipped_dtypes": skipped,
         "ratio_a": rows["a"]["ratio"],
         "ratio_b": rows["b"]["ratio"],
-        "target_a": TARGET_MIXED,
+        "target_a": target_a,
         "target_b": TARGET_UNIFORM,
         "passed_b": rows["b"]["ratio"] >= TARGET_UNIFORM,
         "threads": threads,
@@ -81,24 +101,34 @@ def run(quick: bool) -> BenchResult:
         "engine": ENGINE.model_dump(mode="json"),
         "hf_batch_size": plan.hf_batch_size,
         "repeats": plan.repeats,
-        "warmup": f"one discarded run of each arm: {describe_lengths(WARMUP)}",
+        "warmup": f"one discarded run of each arm: {describe_lengths(WARMUP)}"
+        + (", then one of each timed workload" if plan.warm_workloads else ""),
         "by_dtype": by_dtype,
     }
-    name = f"{NAME} [quick]" if plan.is_quick else NAME
-    return BenchResult(
-        ID, name, rows["a"]["ratio"], TARGET_MIXED, details, machine_info() | threads
-    )
+    if device.type == "cuda":
+        details["cuda_graph_batch_sizes"] = list(engine_config(device).graph_batch_sizes())
+    name = NAME + (" [cuda]" if device.type == "cuda" else "")
+    name = f"{name} [quick]" if plan.is_quick else name
+    machine = machine_info() | threads | device_info(device)
+    return BenchResult(ID, name, rows["a"]["ratio"], target_a, details, machine)
 
 
-def measure_dtype(model_dir: Path, dtype: str, plan: Plan) -> dict[str, dict[str, Any]]:
+def measure_dtype(
+    model_dir: Path, dtype: str, plan: Plan, device: torch.device = CPU
+) -> dict[str, dict[str, Any]]:
     """Both arms on both workloads in interleaved rounds; one summary row per workload."""
     vocab_size = ModelConfig.from_dir(model_dir).vocab_size
     workloads = [spec.draw(vocab_size) for spec in plan.workloads]
     warmup = WARMUP.draw(vocab_size)
     num_pages = max(w.num_pages(ENGINE.page_size) for w in [*workloads, warmup])
-    arms = (EngineArm(model_dir, dtype, num_pages), HFArm(model_dir, dtype, plan.hf_batch_size))
+    arms = (
+        EngineArm(model_dir, dtype, num_pages, device),
+        HFArm(model_dir, dtype, plan.hf_batch_size, device),
+    )
+    warmups = [warmup, *workloads] if plan.warm_workloads else [warmup]
     for arm in arms:
-        arm.run(warmup)
+        for workload in warmups:
+            arm.run(workload)
     runs: dict[str, list[ArmRun]] = {}
     steps: dict[str, int] = {}
 
@@ -146,9 +176,12 @@ def _row(
     }
 
 
-def _runnable_dtypes(dtypes: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    """The dtypes worth timing here, and why any other was skipped."""
-    if "bfloat16" not in dtypes or _has_native_bf16():
+def _runnable_dtypes(
+    dtypes: tuple[str, ...], device: torch.device = CPU
+) -> tuple[list[str], dict[str, str]]:
+    """The dtypes worth timing here, and why any other was skipped (a GPU runs bf16 natively:
+    the CPU flags say nothing about it)."""
+    if "bfloat16" not in dtypes or device.type == "cuda" or _has_native_bf16():
         return list(dtypes), {}
     reason = "CPU lacks avx512_bf16/amx_bf16: bfloat16 matmuls are emulated, slower than float32"
     return [d for d in dtypes if d != "bfloat16"], {"bfloat16": reason}
@@ -162,8 +195,13 @@ def _has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _headline_dtype(by_dtype: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """bfloat16 when it beats float32 for both arms on both workloads, else float32."""
+def _headline_dtype(
+    by_dtype: dict[str, dict[str, dict[str, Any]]], device: torch.device = CPU
+) -> str:
+    """On a GPU bfloat16, the GPU engine's dtype. On the CPU bfloat16 when it beats float32 for
+    both arms on both workloads, else float32."""
+    if device.type == "cuda" and "bfloat16" in by_dtype:
+        return "bfloat16"
     if "bfloat16" not in by_dtype or "float32" not in by_dtype:
         return next(iter(by_dtype))
     bf16, fp32 = by_dtype["bfloat16"], by_dtype["float32"]

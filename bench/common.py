@@ -11,7 +11,10 @@ import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -100,6 +103,28 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def bench_device() -> torch.device:
+    """Where a benchmark with both a CPU and a GPU form runs its models: the GPU when torch
+    sees one, else the CPU. Picked once per run, so the CPU form never depends on it twice."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """The accelerator a benchmark ran on, for its machine record; nothing for the CPU."""
+    import torch
+
+    if device.type != "cuda":
+        return {}
+    props = torch.cuda.get_device_properties(device)
+    return {
+        "gpu": torch.cuda.get_device_name(device),
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
     }
 
 

@@ -4,6 +4,12 @@ EngineArm  one EngineCore (the workers' scheduler defaults, prefix caching on), 
            submitted at once, stepped until it drains; tokens counted as produced.
 HFArm      transformers `generate` in static, left-padded batches in submission order, each
            run to its longest output; only the tokens each request asked for count.
+
+Both take the device to run on (bench_device(): the GPU when there is one). On CUDA the engine
+runs as a GPU worker does (Triton attention, decode steps replayed from CUDA graphs of
+ENGINE's batch sizes), HF's model and inputs sit on the same device, and every timed region
+starts and ends with torch.cuda.synchronize(): no queued device work is left out of a run's
+wall time. On the CPU nothing of this applies and the arms run as they always have.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from engine.runner import TORCH_DTYPES, ModelRunner
 from engine.scheduler import SchedulerConfig
 
 ENGINE = EngineConfig()  # page size, batch limits and prefix caching as a worker runs them
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +52,28 @@ class ArmRun:
 
 
 class Stopwatch:
-    def __init__(self) -> None:
+    """Wall and process CPU time of one run; with a CUDA `device`, the device's queue is
+    drained before the start and before the stop."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+        _synchronize(device)
         self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def stop(self, num_output_tokens: int) -> ArmRun:
+        _synchronize(self.device)
         wall_s, cpu_s = time.perf_counter() - self.wall_start, time.process_time() - self.cpu_start
         return ArmRun(num_output_tokens, wall_s, cpu_s)
+
+
+def engine_config(device: torch.device) -> EngineConfig:
+    """ENGINE as a worker whose cache is on `device` runs it (its CUDA graph sizes with it)."""
+    return ENGINE.model_copy(update={"device": device.type})
+
+
+def _synchronize(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class EngineArm:
@@ -58,9 +81,20 @@ class EngineArm:
 
     name = "pdserve"
 
-    def __init__(self, model_dir: Path, dtype: str, num_pages: int) -> None:
-        self.num_pages = num_pages
-        self.runner = ModelRunner(model_dir, dtype, num_pages, ENGINE.page_size, ENGINE.attention)
+    def __init__(
+        self, model_dir: Path, dtype: str, num_pages: int, device: torch.device = CPU
+    ) -> None:
+        self.num_pages, self.device = num_pages, device
+        engine = engine_config(device)
+        self.runner = ModelRunner(
+            model_dir,
+            dtype,
+            num_pages,
+            ENGINE.page_size,
+            ENGINE.attention,  # auto: triton on cuda, torch on the CPU
+            device=engine.resolved_device(),
+            cuda_graph_batch_sizes=engine.graph_batch_sizes(),  # none on the CPU
+        )
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=ENGINE.max_num_seqs,
             max_num_batched_tokens=ENGINE.max_num_batched_tokens,
@@ -71,7 +105,7 @@ class EngineArm:
     def run(self, workload: Workload) -> ArmRun:
         pool = PagePool(self.num_pages, ENGINE.page_size)
         core = EngineCore(self.runner, pool, self.scheduler_config)
-        watch = Stopwatch()
+        watch = Stopwatch(self.device)
         for i, (prompt, num_out) in enumerate(
             zip(workload.prompts, workload.output_lens, strict=True)
         ):
@@ -91,18 +125,21 @@ class HFArm:
 
     name = "hf"
 
-    def __init__(self, model_dir: Path, dtype: str, batch_size: int) -> None:
+    def __init__(
+        self, model_dir: Path, dtype: str, batch_size: int, device: torch.device = CPU
+    ) -> None:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # per-call generation-config notices
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype])
-        self.model.eval()
+        self.model.to(device).eval()
+        self.device = device
         self.pad_token_id = ModelConfig.from_dir(model_dir).eos_token_ids[0]
         self.batch_size = batch_size
 
     def run(self, workload: Workload) -> ArmRun:
-        watch = Stopwatch()
+        watch = Stopwatch(self.device)
         for start in range(0, len(workload.prompts), self.batch_size):
             stop = start + self.batch_size
             self._generate(workload.prompts[start:stop], max(workload.output_lens[start:stop]))
@@ -118,8 +155,8 @@ class HFArm:
             attention_mask[row, width - len(prompt) :] = 1
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
                 do_sample=False,
                 max_new_tokens=num_new,
                 min_new_tokens=num_new,

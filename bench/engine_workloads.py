@@ -7,7 +7,7 @@ name), so every arm, round and dtype sees identical requests.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SEED = 0
 
@@ -52,6 +52,9 @@ class Plan:
     hf_batch_size: int
     repeats: int
     dtypes: tuple[str, ...]
+    # Also run every timed workload once, discarded, before the rounds: on a GPU the first
+    # run of a shape pays Triton compiles, cuBLAS heuristics and allocator growth.
+    warm_workloads: bool = False
 
 
 FULL = Plan(
@@ -76,6 +79,16 @@ QUICK = Plan(
     dtypes=("float32",),
 )
 WARMUP = WorkloadSpec("warmup", 4, (16, 64), (4, 8))
+
+
+def plan_for(quick: bool, device_type: str) -> Plan:
+    """QUICK or FULL as they are on the CPU. On CUDA bfloat16 comes first (the GPU engine's
+    dtype and the headline), float32 beside it in a full run, every workload warmed once."""
+    plan = QUICK if quick else FULL
+    if device_type != "cuda":
+        return plan
+    dtypes = ("bfloat16",) if quick else ("bfloat16", "float32")
+    return replace(plan, dtypes=dtypes, warm_workloads=True)
 
 
 def hf_computed_tokens(workload: Workload, batch_size: int) -> int:

@@ -1,7 +1,9 @@
 """The two processes of a KV handoff benchmark (B1): this one exports, a spawned child fetches.
 
 Each is pinned to its own core with one torch thread; they talk over one pipe. Every arm moves
-the same pages of the same cache, so arms differ only in how the bytes travel.
+the same pages of the same cache, so arms differ only in how the bytes travel. With
+`Exporter(cuda=True)` both sides also hold CUDA caches on the one GPU for the CUDA arms
+(bench/kv_handoff_cuda.py), whose messages travel under Cmd.CUDA.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.distributed
 
 from bench.common import pin_to_core
+from bench.kv_handoff_cuda import CudaArm, CudaExporter, CudaFetcher
 
 SHM_DIR = Path("/dev/shm")
 
@@ -30,6 +33,7 @@ class Cmd(enum.Enum):
     FETCH = "fetch"
     RAW = "raw"
     GLOO_INIT = "gloo_init"
+    CUDA = "cuda"  # routed to the child's CudaFetcher
     STOP = "stop"
 
 
@@ -64,10 +68,11 @@ class Config:
         """Scattered ids in a cache twice the transfer's size."""
         return tuple(random.Random(seed).sample(range(2 * self.num_pages), self.num_pages))
 
-    def make_cache(self) -> torch.Tensor:
+    def make_cache(self, device: torch.device | str = "cpu") -> torch.Tensor:
         from kv_transfer.checksum import buffer_shape
 
-        cache = torch.empty(buffer_shape(self.layout, 2 * self.num_pages), dtype=torch.bfloat16)
+        shape = buffer_shape(self.layout, 2 * self.num_pages)
+        cache = torch.empty(shape, dtype=torch.bfloat16, device=device)
         cache.view(torch.uint8).random_()  # touches every page, so no arm pays first faults
         return cache
 
@@ -80,7 +85,7 @@ class Config:
 class Exporter:
     """This process's side: the source caches and transports, and the fetching child."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool = False) -> None:
         from kv_transfer.shm import ShmTransport
         from kv_transfer.tcp import TcpSettings, TcpTransport
         from kv_transfer.tcp_server import TcpEndpoint
@@ -97,6 +102,7 @@ class Exporter:
         self.tcp = TcpTransport(TcpSettings(listen=TcpEndpoint("127.0.0.1")))
         self.raw_path = SHM_DIR / f"pdserve-bench-{os.getpid()}"
         self.serial = 0
+        self.cuda = CudaExporter(self.conn, Cmd.CUDA) if cuda else None
 
     def __enter__(self) -> Exporter:
         return self
@@ -109,6 +115,8 @@ class Exporter:
             self.raw_path.unlink(missing_ok=True)
             for transport in (*self.shm.values(), self.tcp):
                 transport.close()
+            if self.cuda is not None:
+                self.cuda.close()
             if self.gloo is not None:
                 self.gloo.close()
                 torch.distributed.destroy_process_group()
@@ -119,9 +127,13 @@ class Exporter:
         self.contiguous = self.cache[: config.num_pages].view(torch.uint8).numpy().reshape(-1)
         self.raw = _map_file(self.raw_path, config.nbytes, create=True)
         self._ask(Cmd.SETUP, config)
+        if self.cuda is not None:
+            self.cuda.setup(config)
 
-    def handoff(self, arm: Arm, config: Config) -> float:
+    def handoff(self, arm: Arm | CudaArm, config: Config) -> float:
         """Seconds of one handoff of `config`'s pages over `arm`."""
+        if isinstance(arm, CudaArm):
+            return self.cuda.handoff(arm, config)
         if arm == Arm.RAW:
             return self.handoff_raw(config)
         if arm == Arm.GLOO:
@@ -238,6 +250,7 @@ class _Fetcher:
             Arm.TCP: TcpTransport(),
         }
         self.raw_maps: dict[tuple[str, int], np.ndarray] = {}
+        self.cuda: CudaFetcher | None = None  # made on the first Cmd.CUDA
 
     def handle(self, cmd: Cmd, *args) -> None:
         {
@@ -245,6 +258,7 @@ class _Fetcher:
             Cmd.FETCH: self.fetch,
             Cmd.RAW: self.raw,
             Cmd.GLOO_INIT: self.join_gloo,
+            Cmd.CUDA: self.on_cuda,
         }[cmd](*args)
 
     def setup(self, config: Config) -> None:
@@ -264,9 +278,16 @@ class _Fetcher:
                           time.time() + 60, transport.backend, locator)  # fmt: skip
         transport.fetch(handle, self.cache, dst_ids, 30.0)
 
+    def on_cuda(self, *args) -> None:
+        if self.cuda is None:
+            self.cuda = CudaFetcher(self.conn)
+        self.cuda.handle(*args)
+
     def close(self) -> None:
         for transport in self.transports.values():
             transport.close()
+        if self.cuda is not None:
+            self.cuda.close()
         if Arm.GLOO in self.transports:
             torch.distributed.destroy_process_group()
 
