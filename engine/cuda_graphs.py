@@ -4,7 +4,8 @@ A decode step of B sequences runs the graph of the smallest captured size >= B; 
 are padding (slot -1: no K/V written; context 0: attention writes zeros) and their logits are
 dropped. Every input lives in one static int32 device buffer per bucket, filled by one
 host-to-device copy per step, so the step reads nothing from the host: the only sync left is
-the sampler reading the logits.
+the sampler reading the logits (and, before a bucket's host buffer is refilled, the end of
+its previous copy).
 
 Lifecycle: DecodeGraphs(...) captures every size at once (largest first, one shared memory
 pool) after one eager warm-up each, which also compiles the Triton kernels; run() replays;
@@ -36,6 +37,7 @@ class _Bucket:
     device_rows: torch.Tensor  # the same on the device; the views below read it
     inputs: StepInputs
     metadata: TritonAttentionMetadata
+    copied: torch.cuda.Event | None = None  # on CUDA: the last host→device copy's end
     graph: torch.cuda.CUDAGraph | None = None
     logits: torch.Tensor | None = None  # [size, vocab_size] float32, the graph's output
 
@@ -99,13 +101,17 @@ class DecodeGraphs:
             query_start_loc=arange,
             max_query_len=1,
         )
-        return _Bucket(size, host, rows, StepInputs(token_ids, positions, arange[:-1]), metadata)
+        inputs = StepInputs(token_ids, positions, arange[:-1])
+        copied = torch.cuda.Event() if device.type == "cuda" else None
+        return _Bucket(size, host, rows, inputs, metadata, copied)
 
     def _fill(self, bucket: _Bucket, batch: ForwardBatch) -> None:
         """Writes the batch into the bucket's host buffer, padding the rest, and copies what
         the step reads over. Table entries past a sequence's pages are never read, so they are
-        neither cleared nor copied. The host buffer is reused: the previous step's copy had
-        finished when its logits were read."""
+        neither cleared nor copied. The host buffer is reused once its last copy has ended
+        (a step whose logits nobody read has not waited for it)."""
+        if bucket.copied is not None:
+            bucket.copied.synchronize()
         size, count = bucket.size, batch.num_seqs
         fields = bucket.host[: _FIELDS * size].view(_FIELDS, size)
         fields.zero_()
@@ -120,6 +126,8 @@ class DecodeGraphs:
         tables[:count, :width] = torch.tensor(padded, dtype=torch.int32)
         used = _FIELDS * size + count * self.max_pages
         bucket.device_rows[:used].copy_(bucket.host[:used], non_blocking=True)
+        if bucket.copied is not None:
+            bucket.copied.record()
 
     def _step(self, bucket: _Bucket) -> torch.Tensor:
         with torch.inference_mode():

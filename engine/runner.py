@@ -55,6 +55,8 @@ class ModelRunner:
             device=torch_device,
         )
         self.graphs = self._decode_graphs(cuda_graph_batch_sizes, page_size)
+        if torch_device.type == "cuda":
+            self._warm_up()
 
     @property
     def device(self) -> torch.device:
@@ -70,6 +72,22 @@ class ModelRunner:
             if logits is None:
                 logits = self.model(batch, self.kv_cache, self.attention)
             return logits
+
+    def _warm_up(self) -> None:
+        """Compiles the kernels of a prefill and of an eager decode step now rather than in the
+        first requests' TTFT: both write pages 0-1, which no request reads before writing."""
+        for num_tokens in (2, 1):
+            batch = ForwardBatch(
+                token_ids=torch.zeros(num_tokens, dtype=torch.int64),
+                positions=torch.arange(num_tokens),
+                slot_mapping=torch.arange(num_tokens),
+                query_start_loc=[0, num_tokens],
+                seq_lens=[num_tokens],
+                block_tables=[[0, 1]],  # page size 1: two pages
+            )
+            with torch.inference_mode():
+                self.model(batch, self.kv_cache, self.attention)
+        torch.cuda.synchronize(self.device)
 
     def _decode_graphs(self, sizes: tuple[int, ...], page_size: int) -> DecodeGraphs | None:
         """Decode graphs for `sizes` (captured on CUDA, run eagerly elsewhere), or None."""

@@ -8,6 +8,7 @@ when every sequence brings one token and the ragged prefill kernel otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
 
@@ -40,20 +41,18 @@ class TritonAttentionBackend(AttentionBackend[TritonAttentionMetadata]):
         starts = batch.query_start_loc
         max_pages = max(len(table) for table in batch.block_tables)
         tables = [table + [0] * (max_pages - len(table)) for table in batch.block_tables]
-        host = torch.tensor(
-            [*batch.slot_mapping.tolist(), *batch.seq_lens, *starts, *chain.from_iterable(tables)],
-            dtype=torch.int32,
-        )
+        sections = [batch.slot_mapping.tolist(), batch.seq_lens, starts, chain(*tables)]
+        host, offsets = _packed(sections)
         rows = to_device(host, kv_cache.device)
         num_tokens, num_seqs = batch.num_tokens, batch.num_seqs
-        seq_lens_at = num_tokens
-        starts_at = seq_lens_at + num_seqs
-        tables_at = starts_at + num_seqs + 1
+        slots, seq_lens, query_starts, tables_at = offsets
         return TritonAttentionMetadata(
-            slot_mapping=rows[:seq_lens_at],
-            block_tables=rows[tables_at:].view(num_seqs, max_pages),
-            seq_lens=rows[seq_lens_at:starts_at],
-            query_start_loc=rows[starts_at:tables_at],
+            slot_mapping=rows[slots : slots + num_tokens],
+            block_tables=rows[tables_at : tables_at + num_seqs * max_pages].view(
+                num_seqs, max_pages
+            ),
+            seq_lens=rows[seq_lens : seq_lens + num_seqs],
+            query_start_loc=rows[query_starts : query_starts + num_seqs + 1],
             max_query_len=max(b - a for a, b in zip(starts, starts[1:], strict=False)),
         )
 
@@ -83,3 +82,18 @@ class TritonAttentionBackend(AttentionBackend[TritonAttentionMetadata]):
                 out,
             )
         return out
+
+
+_ALIGN = 4  # int32s: every section starts 16-byte aligned, as Triton specializes pointers on it
+
+
+def _packed(sections: list[Iterable[int]]) -> tuple[torch.Tensor, list[int]]:
+    """One int32 host tensor holding the sections one after another, each padded to _ALIGN
+    elements, and each section's offset: one host→device copy, and kernels compiled once."""
+    values: list[int] = []
+    offsets = []
+    for section in sections:
+        offsets.append(len(values))
+        values.extend(section)
+        values.extend([0] * (-len(values) % _ALIGN))
+    return torch.tensor(values, dtype=torch.int32), offsets

@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# A table's row stride follows the longest sequence of the step: one compiled kernel for all.
+@triton.jit(do_not_specialize=["stride_bt_seq"])
 def _paged_prefill_kernel(
     q_ptr,
     k_cache_ptr,
@@ -150,6 +151,6 @@ def paged_prefill(
         PAGE_SIZE=kv_cache.shape[3],
         BLOCK_M=block_m,
         BLOCK_N=block_m,
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),  # tl.dot's K is at least 16
         DOT_PRECISION="ieee" if is_fp32 else "tf32",
     )
