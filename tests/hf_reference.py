@@ -14,7 +14,11 @@ from pathlib import Path
 import torch
 
 from engine.batch import ForwardBatch
+from engine.core import EngineCore
+from engine.page_pool import PagePool
+from engine.request import Request, SamplingParams
 from engine.runner import ModelRunner
+from engine.scheduler import SchedulerConfig
 
 
 @dataclass(slots=True)
@@ -57,6 +61,25 @@ def runner_greedy(
         context.append(token)
         num_new = 1
     return output
+
+
+def engine_greedy(
+    runner: ModelRunner, num_pages: int, prompts: Sequence[list[int]], max_new_tokens: int,
+    max_num_batched_tokens: int,
+) -> tuple[EngineCore, list[Request]]:  # fmt: skip
+    """Every prompt submitted at once to one EngineCore over `runner` (continuous batching,
+    chunked prefill, prefix reuse), stepped until done, ignoring EOS; returns the engine and
+    its finished requests, in prompt order."""
+    page_size = runner.layout.page_size
+    config = SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens)
+    engine = EngineCore(runner, PagePool(num_pages, page_size), config)
+    sampling = SamplingParams(max_tokens=max_new_tokens, ignore_eos=True)
+    reqs = [Request(f"r{i}", prompt, sampling) for i, prompt in enumerate(prompts)]
+    for req in reqs:
+        engine.add_request(req)
+    while engine.has_work:
+        engine.step()
+    return engine, reqs
 
 
 def hf_greedy(

@@ -8,12 +8,8 @@ import random
 
 import pytest
 
-from engine.core import EngineCore
-from engine.page_pool import PagePool
-from engine.request import Request, SamplingParams
 from engine.runner import ModelRunner
-from engine.scheduler import SchedulerConfig
-from tests.hf_reference import hf_greedy
+from tests.hf_reference import engine_greedy, hf_greedy
 
 MAX_NEW_TOKENS = 20
 POOL_TOKENS = 900  # the 16 requests need ~2,300 tokens of KV at once
@@ -34,17 +30,7 @@ def hf_tokens(tiny_dir, prompts) -> list[list[int]]:
 def test_outputs_equal_hf_through_preemption(tiny_dir, prompts, hf_tokens, page_size):
     num_pages = POOL_TOKENS // page_size
     runner = ModelRunner(tiny_dir, "float32", num_pages, page_size)
-    engine = EngineCore(
-        runner, PagePool(num_pages, page_size), SchedulerConfig(max_num_batched_tokens=128)
-    )
-    reqs = [
-        Request(f"r{i}", prompt, SamplingParams(max_tokens=MAX_NEW_TOKENS, ignore_eos=True))
-        for i, prompt in enumerate(prompts)
-    ]
-    for req in reqs:
-        engine.add_request(req)
-    while engine.has_work:
-        engine.step()
+    engine, reqs = engine_greedy(runner, num_pages, prompts, MAX_NEW_TOKENS, 128)
     assert sum(req.num_preemptions for req in reqs) > 0, "the pool was meant to force preemption"
     assert [req.output_token_ids for req in reqs] == hf_tokens
     engine.check_integrity()

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.core import EngineCore
-from engine.page_pool import PagePool
-from engine.request import Request, SamplingParams
 from engine.runner import ModelRunner
-from engine.scheduler import SchedulerConfig
-from tests.hf_reference import hf_greedy
+from tests.hf_reference import engine_greedy, hf_greedy
 
 MAX_NEW_TOKENS = 12
 PAGE_SIZE = 7
@@ -48,17 +44,7 @@ def test_engine_on_triton_equals_hf(
     runner = ModelRunner(
         tiny_dir, "float32", num_pages, PAGE_SIZE, "triton", str(device), graph_sizes
     )
-    engine = EngineCore(
-        runner, PagePool(num_pages, PAGE_SIZE), SchedulerConfig(max_num_batched_tokens=48)
-    )
-    reqs = [
-        Request(f"r{i}", prompt, SamplingParams(max_tokens=MAX_NEW_TOKENS, ignore_eos=True))
-        for i, prompt in enumerate(prompts)
-    ]
-    for req in reqs:
-        engine.add_request(req)
-    while engine.has_work:
-        engine.step()
+    engine, reqs = engine_greedy(runner, num_pages, prompts, MAX_NEW_TOKENS, 48)
     assert sum(req.num_preemptions for req in reqs) > 0, "the pool was meant to force preemption"
     assert [req.output_token_ids for req in reqs] == hf_tokens
     engine.check_integrity()
