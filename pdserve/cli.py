@@ -20,6 +20,7 @@ from google.protobuf.json_format import MessageToDict
 from loadtest.cli import add_loadtest
 from pdserve import auth_flags, cli_output, client
 from pdserve.controller.cli import add_controller
+from pdserve.device_flags import add_device_flags
 from pdserve.drain_cli import add_drain
 from pdserve.router_main import add_router
 from pdserve.v1 import cluster_pb2, cluster_pb2_grpc, generation_pb2, generation_pb2_grpc
@@ -62,14 +63,7 @@ def _add_up(parser: argparse.ArgumentParser) -> None:
         help="prefill + decode workers to split by --ratio",
     )
     parser.add_argument("--dtype", choices=["float32", "bfloat16"])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="workers' device")
-    parser.add_argument("--attention", choices=["auto", "torch", "triton"])
-    parser.add_argument(
-        "--cuda-graphs",
-        dest="cuda_graphs",
-        action=argparse.BooleanOptionalAction,
-        help="replay decode steps from CUDA graphs (on cuda; default on)",
-    )
+    add_device_flags(parser)
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--page-size", dest="page_size", type=int)

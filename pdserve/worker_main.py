@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from kv_transfer.pages import Role
 from pdserve import auth_flags, layered_config
+from pdserve.device_flags import add_device_flags
 
 if TYPE_CHECKING:
     from pdserve.worker_settings import WorkerServiceConfig
@@ -66,14 +67,7 @@ def add_worker(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="alias (smollm2-135m, tiny), HF directory or .gguf file")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="weights and KV")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="workers' device")
-    parser.add_argument("--attention", choices=["auto", "torch", "triton"])
-    parser.add_argument(
-        "--cuda-graphs",
-        dest="cuda_graphs",
-        action=argparse.BooleanOptionalAction,
-        help="replay decode steps from CUDA graphs (on cuda; default on)",
-    )
+    add_device_flags(parser)
     parser.add_argument(
         "--drain-timeout",
         dest="drain_timeout_s",

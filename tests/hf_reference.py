@@ -82,6 +82,17 @@ def engine_greedy(
     return engine, reqs
 
 
+def hf_logits(model_dir: Path, prompt: list[int]) -> torch.Tensor:
+    """HF eager float32 logits at every position of `prompt`: [len(prompt), vocab_size]."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    with torch.inference_mode():
+        return model(torch.tensor([prompt])).logits[0]
+
+
 def hf_greedy(
     model_dir: Path, prompts: Sequence[list[int]], max_new_tokens: int, ignore_eos: bool = False
 ) -> list[list[int]]:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from engine.runner import ModelRunner
+from tests import hf_reference
 from tests.hf_reference import SeqStep, make_forward_batch
 
 NUM_PAGES = 160
@@ -39,13 +40,7 @@ def pages(runner: ModelRunner, num_tokens: int, seed: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def hf_logits(tiny_dir: Path) -> torch.Tensor:
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(
-        tiny_dir, dtype=torch.float32, attn_implementation="eager"
-    )
-    with torch.inference_mode():
-        return model(torch.tensor([PROMPT])).logits[0]
+    return hf_reference.hf_logits(tiny_dir, PROMPT)
 
 
 @pytest.fixture(scope="module", params=[1, 16, 7], ids=lambda size: f"page_size={size}")

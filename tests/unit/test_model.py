@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from engine.runner import ModelRunner
+from tests import hf_reference
 from tests.hf_reference import SeqStep, make_forward_batch
 
 NUM_PAGES = 160
@@ -40,14 +41,7 @@ def run_chunks(
 
 @pytest.fixture(scope="module")
 def hf_logits(tiny_dir: Path) -> torch.Tensor:
-    """HF eager logits at every position of PROMPT: [len(PROMPT), vocab_size]."""
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(
-        tiny_dir, dtype=torch.float32, attn_implementation="eager"
-    )
-    with torch.inference_mode():
-        return model(torch.tensor([PROMPT])).logits[0]
+    return hf_reference.hf_logits(tiny_dir, PROMPT)
 
 
 @pytest.fixture(scope="module", params=[1, 16, 7], ids=lambda size: f"page_size={size}")
