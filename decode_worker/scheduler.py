@@ -33,8 +33,8 @@ from decode_worker.prefill_peers import PrefillPeers
 from decode_worker.streams import OutputStream
 from engine.loop import EngineLoop
 from engine.request import Request, SamplingParams
-from kv_transfer.factory import TransportSet
 from kv_transfer.pages import KVHandle, KVLayout
+from kv_transfer.transport_set import TransportSet
 
 _PAGE_RETRY_S = 0.01
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kv_transfer.factory import TransportSet
 from kv_transfer.pages import TransportBackend
+from kv_transfer.transport_set import TransportSet
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import torch
 from engine.core import RequestOutput
 from engine.loop import EngineLoop
 from engine.request import Request, RequestStatus, SamplingParams
-from kv_transfer.factory import TransportSet
 from kv_transfer.pages import KVHandle, KVLayout, TransportBackend
+from kv_transfer.transport_set import TransportSet
 from prefill_worker.leases import Lease, LeaseTable
 
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import grpc
 
-from kv_transfer.factory import TransportSet, UnavailableBackend
 from kv_transfer.pages import TransportBackend
 from kv_transfer.transport import TransferError
+from kv_transfer.transport_set import TransportSet, UnavailableBackend
 from kv_transfer.wire import handle_to_proto
 from pdserve.drain import AtCapacity
 from pdserve.v1 import worker_pb2, worker_pb2_grpc

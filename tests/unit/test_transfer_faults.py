@@ -15,11 +15,12 @@ import torch
 
 from decode_worker.config import DecodeWorkerConfig
 from kv_transfer.checksum import Locator
-from kv_transfer.factory import TransportSet, make_transport, make_worker_transports
+from kv_transfer.factory import make_transport, make_worker_transports
 from kv_transfer.faults import FaultInjector, FaultKind, FaultPlan, verify_faults
 from kv_transfer.local import LocalExchange
 from kv_transfer.pages import TransportBackend
 from kv_transfer.transport import TransferError, TransferFailure
+from kv_transfer.transport_set import TransportSet
 from tests.unit.test_transport_contract import (
     DST_PAGES,
     SRC_PAGES,

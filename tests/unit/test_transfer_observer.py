@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from kv_transfer.factory import TransportSet, UnavailableBackend, make_worker_transports
+from kv_transfer.factory import make_worker_transports
 from kv_transfer.local import LocalExchange, LocalTransport
 from kv_transfer.pages import Role, TransferDirection, TransportBackend
 from kv_transfer.transport import TransferError, TransferFailure
+from kv_transfer.transport_set import TransportSet, UnavailableBackend
 from pdserve.v1 import worker_pb2
 from pdserve.worker_metrics import WorkerMetrics
 from tests.unit.test_transport_contract import (
