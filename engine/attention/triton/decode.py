@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.attention.triton.tiles import online_softmax_block
+
 
 # A table's row stride follows the longest sequence of the step: one compiled kernel for all.
 @triton.jit(do_not_specialize=["stride_bt_seq"])
@@ -67,25 +69,11 @@ def _paged_decode_kernel(
     block_table = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
     head_offs = kv_head * stride_c_head + offs_d * stride_c_dim
     for start_n in range(0, seq_len, BLOCK_N):
-        pos = start_n + offs_n
-        in_context = pos < seq_len
-        page = tl.load(block_table + pos // PAGE_SIZE, mask=in_context, other=0).to(tl.int64)
-        token_offs = page * stride_c_page + (pos % PAGE_SIZE) * stride_c_slot
-        kv_mask = in_context[:, None] & (offs_d[None, :] < HEAD_DIM)
-        kv_offs = token_offs[:, None] + head_offs[None, :]
-        # k, v: [BLOCK_N, BLOCK_D]
-        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        scores = tl.where(in_context[None, :], scores, float("-inf"))
-        # scores: [BLOCK_G, BLOCK_N]; block 0 always holds position 0, so m_new is finite.
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_block(
+            q, k_cache_ptr, v_cache_ptr, block_table, start_n + offs_n, seq_len,
+            offs_g[:, None] >= 0, head_offs, offs_d, m_i, l_i, acc, qk_scale,
+            stride_c_page, stride_c_slot, HEAD_DIM, PAGE_SIZE, DOT_PRECISION,
+        )  # fmt: skip
     # A padding row (seq_len 0) has l_i == 0 and acc == 0: dividing by 1 writes zeros.
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     o_offs = seq * stride_o_seq + heads[:, None] * stride_o_head + offs_d[None, :] * stride_o_dim

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.attention.triton.tiles import online_softmax_block
+
 
 # A table's row stride follows the longest sequence of the step: one compiled kernel for all.
 @triton.jit(do_not_specialize=["stride_bt_seq"])
@@ -81,25 +83,13 @@ def _paged_prefill_kernel(
     key_end = tl.minimum(seq_len, seq_len - query_len + (block_m + 1) * BLOCK_M)
     for start_n in range(0, key_end, BLOCK_N):
         pos = start_n + offs_n
-        in_context = pos < key_end
-        page = tl.load(block_table + pos // PAGE_SIZE, mask=in_context, other=0).to(tl.int64)
-        token_offs = page * stride_c_page + (pos % PAGE_SIZE) * stride_c_slot
-        kv_mask = in_context[:, None] & (offs_d[None, :] < HEAD_DIM)
-        kv_offs = token_offs[:, None] + head_offs[None, :]
-        # k, v: [BLOCK_N, BLOCK_D]
-        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        # Rows past query_len may see keys past key_end (loaded as zeros); they are not stored.
-        scores = tl.where(pos[None, :] <= query_pos[:, None], scores, float("-inf"))
-        # scores: [BLOCK_M, BLOCK_N]; every row sees key 0 in block 0, so m_new is finite.
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        # Causal; rows past query_len are computed but never stored.
+        causal = pos[None, :] <= query_pos[:, None]
+        m_i, l_i, acc = online_softmax_block(
+            q, k_cache_ptr, v_cache_ptr, block_table, pos, key_end, causal, head_offs,
+            offs_d, m_i, l_i, acc, qk_scale, stride_c_page, stride_c_slot, HEAD_DIM,
+            PAGE_SIZE, DOT_PRECISION,
+        )  # fmt: skip
     out = acc / l_i[:, None]
     o_offs = rows[:, None] * stride_o_tok + head * stride_o_head + offs_d[None, :] * stride_o_dim
     tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=q_mask)
