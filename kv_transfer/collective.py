@@ -41,11 +41,10 @@ import torch.distributed as dist
 from kv_transfer.checksum import (
     Integrity,
     Locator,
-    check_destination,
     page_index,
     scatter_rows,
 )
-from kv_transfer.exports import Deadline, Staged, StagedExports, StagedSource
+from kv_transfer.exports import Deadline, Staged, StagedExports, StagedSource, start_fetch
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferFailure, TransferState
 
@@ -179,9 +178,8 @@ class CollectiveTransport(StagedSource, KVTransport):
         dst_page_ids: Sequence[int],
         timeout_s: float,
     ) -> None:
-        deadline = Deadline.after(timeout_s)
-        locator = Locator.decode(handle.locator)
-        dst_index = check_destination(handle, locator, kv_cache, dst_page_ids)
+        start = start_fetch(handle, kv_cache, dst_page_ids, timeout_s)
+        deadline, locator, dst_index = start.deadline, start.locator, start.dst_index
         self._check_device(kv_cache)
         src_rank, tag = self._decode_address(locator, handle.transfer_id)
         deadline.check(handle.transfer_id)

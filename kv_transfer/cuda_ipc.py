@@ -27,14 +27,13 @@ from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
 
 from kv_transfer.checksum import (
     Locator,
-    check_destination,
     checksum_if,
     gather_rows,
     page_index,
     scatter_rows,
     verify_checksum,
 )
-from kv_transfer.exports import Deadline, ExportTable
+from kv_transfer.exports import ExportTable, start_fetch
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferState
 
@@ -137,9 +136,8 @@ class CudaIpcTransport(KVTransport):
         dst_page_ids: Sequence[int],
         timeout_s: float,
     ) -> None:
-        Deadline.after(timeout_s).check(handle.transfer_id)
-        locator = Locator.decode(handle.locator)
-        dst_index = check_destination(handle, locator, kv_cache, dst_page_ids)
+        start = start_fetch(handle, kv_cache, dst_page_ids, timeout_s)
+        locator, dst_index = start.locator, start.dst_index
         _check_cuda(kv_cache, handle.transfer_id)
         ipc = IpcHandle.decode(locator.address, handle.transfer_id)
         shape = (len(dst_page_ids), handle.layout.page_nbytes)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
 
-from kv_transfer.checksum import gather_rows
+from kv_transfer.checksum import Locator, check_destination, gather_rows
+from kv_transfer.pages import KVHandle
 from kv_transfer.transport import TransferError, TransferFailure, TransferState
 
 
@@ -228,3 +230,23 @@ class StagedExports:
         for entry in staged:
             self.let_go(entry)
         self._buffers.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchStart:
+    """What every transport's fetch opens with."""
+
+    deadline: Deadline
+    locator: Locator
+    dst_index: torch.Tensor  # the destination pages, checked against the handle
+
+
+def start_fetch(
+    handle: KVHandle, kv_cache: torch.Tensor, dst_page_ids: Sequence[int], timeout_s: float
+) -> FetchStart:
+    """The fetch's deadline (TIMEOUT at once when already passed), its decoded locator and its
+    checked destination; raises TransferError before anything is read or written."""
+    deadline = Deadline.after(timeout_s)
+    deadline.check(handle.transfer_id)
+    locator = Locator.decode(handle.locator)
+    return FetchStart(deadline, locator, check_destination(handle, locator, kv_cache, dst_page_ids))

@@ -14,13 +14,11 @@ import torch
 
 from kv_transfer.checksum import (
     Integrity,
-    Locator,
-    check_destination,
     gather_rows,
     page_index,
     scatter_rows,
 )
-from kv_transfer.exports import Deadline, ExportTable
+from kv_transfer.exports import ExportTable, start_fetch
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.transport import KVTransport, TransferError, TransferState
 
@@ -80,9 +78,8 @@ class LocalTransport(KVTransport):
         dst_page_ids: Sequence[int],
         timeout_s: float,
     ) -> None:
-        Deadline.after(timeout_s).check(handle.transfer_id)
-        locator = Locator.decode(handle.locator)
-        dst_index = check_destination(handle, locator, kv_cache, dst_page_ids)
+        start = start_fetch(handle, kv_cache, dst_page_ids, timeout_s)
+        locator, dst_index = start.locator, start.dst_index
         rows = self._exchange.lookup(handle.transfer_id)
         if rows is None:
             raise TransferError(f"{handle.transfer_id}: released or never exported")

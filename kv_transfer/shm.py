@@ -29,13 +29,11 @@ import torch
 
 from kv_transfer.checksum import (
     Integrity,
-    Locator,
-    check_destination,
     page_index,
     page_rows,
     scatter_rows,
 )
-from kv_transfer.exports import BufferPool, Deadline, ExportTable, gather_into
+from kv_transfer.exports import BufferPool, ExportTable, gather_into, start_fetch
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.shm_segments import (
     DATA_OFFSET,
@@ -106,9 +104,8 @@ class ShmTransport(KVTransport):
         dst_page_ids: Sequence[int],
         timeout_s: float,
     ) -> None:
-        deadline = Deadline.after(timeout_s)
-        locator = Locator.decode(handle.locator)
-        dst_index = check_destination(handle, locator, kv_cache, dst_page_ids)
+        start = start_fetch(handle, kv_cache, dst_page_ids, timeout_s)
+        deadline, locator, dst_index = start.deadline, start.locator, start.dst_index
         address = SegmentAddress.decode(locator.address, handle.transfer_id)
         mapping = self._maps.get(address.name, handle.transfer_id)
         deadline.check(handle.transfer_id)

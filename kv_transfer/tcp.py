@@ -27,12 +27,10 @@ import torch
 
 from kv_transfer.checksum import (
     Integrity,
-    Locator,
-    check_destination,
     page_index,
     scatter_rows,
 )
-from kv_transfer.exports import Deadline, Staged, StagedExports, StagedSource
+from kv_transfer.exports import Staged, StagedExports, StagedSource, start_fetch
 from kv_transfer.pages import KVHandle, TransportBackend
 from kv_transfer.tcp_client import KVStreamClient
 from kv_transfer.tcp_server import KVStreamServer, Refused, TcpEndpoint
@@ -103,9 +101,8 @@ class TcpTransport(StagedSource, KVTransport):
         dst_page_ids: Sequence[int],
         timeout_s: float,
     ) -> None:
-        deadline = Deadline.after(timeout_s)
-        locator = Locator.decode(handle.locator)
-        dst_index = check_destination(handle, locator, kv_cache, dst_page_ids)
+        start = start_fetch(handle, kv_cache, dst_page_ids, timeout_s)
+        deadline, locator, dst_index = start.deadline, start.locator, start.dst_index
         address = TcpAddress.decode(locator.address, handle.transfer_id)
         deadline.check(handle.transfer_id)
         buffer, rows = self._staged.take_rows(len(dst_page_ids), kv_cache, _HOST)
