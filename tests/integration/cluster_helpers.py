@@ -52,6 +52,12 @@ def generate_all(
         channel.close()
 
 
+def greedy_tokens(address: str, prompts: Sequence[list[int]], max_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy tokens (exactly max_tokens, EOS ignored), all sent at once."""
+    requests = [token_request(p, max_tokens, temperature=0.0, ignore_eos=True) for p in prompts]
+    return [completion.token_ids for completion in generate_all(address, requests)]
+
+
 def worker_stats(cluster: BackgroundCluster) -> dict[str, worker_pb2.WorkerStats]:
     stats = {}
     for worker_id, handle in cluster.cluster.workers.items():

@@ -16,10 +16,9 @@ from pdserve.v1 import worker_pb2, worker_pb2_grpc
 from pdserve.worker_errors import WorkerReason, failure_reason
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import (
-    generate_all,
+    greedy_tokens,
     mixed_prompts,
     start_cluster,
-    token_request,
     wait_until_idle,
 )
 
@@ -53,8 +52,7 @@ def worker_stub(cluster, worker_id: str) -> tuple[grpc.Channel, worker_pb2_grpc.
 def test_greedy_over_gloo_equals_hf_and_every_handoff_went_over_gloo(
     gloo_cluster, prompts, tiny_dir
 ):
-    requests = [token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts]
-    outputs = [completion.token_ids for completion in generate_all(gloo_cluster.address, requests)]
+    outputs = greedy_tokens(gloo_cluster.address, prompts, MAX_NEW_TOKENS)
     assert outputs == hf_greedy(tiny_dir, prompts, MAX_NEW_TOKENS, ignore_eos=True)
     stats = wait_until_idle(gloo_cluster)
     prefill, decode = stats["prefill-0"], stats["decode-0"]

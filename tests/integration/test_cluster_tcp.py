@@ -16,10 +16,9 @@ import pytest
 from pdserve.v1 import cluster_pb2, cluster_pb2_grpc
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import (
-    generate_all,
+    greedy_tokens,
     mixed_prompts,
     start_cluster,
-    token_request,
     wait_until_idle,
 )
 
@@ -52,8 +51,7 @@ def tcp_cluster(ray_cluster, model_cache_dir):
 
 
 def greedy(cluster, prompts) -> list[list[int]]:
-    requests = [token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts]
-    return [completion.token_ids for completion in generate_all(cluster.address, requests)]
+    return greedy_tokens(cluster.address, prompts, MAX_NEW_TOKENS)
 
 
 def test_greedy_over_tcp_equals_hf_and_every_handoff_went_over_tcp(tcp_cluster, prompts, expected):

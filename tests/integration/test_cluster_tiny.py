@@ -20,6 +20,7 @@ from pdserve import client
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import (
     generate_all,
+    greedy_tokens,
     start_cluster,
     token_request,
     wait_until_idle,
@@ -73,8 +74,7 @@ def idle_after_each_test(request):
 
 
 def greedy_outputs(cluster, prompts: list[list[int]]) -> list[list[int]]:
-    requests = [token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts]
-    return [completion.token_ids for completion in generate_all(cluster.address, requests)]
+    return greedy_tokens(cluster.address, prompts, MAX_NEW_TOKENS)
 
 
 def test_disaggregated_equals_colocated_equals_hf_at_page_16(

@@ -14,10 +14,9 @@ import torch
 
 from tests.hf_reference import hf_greedy
 from tests.integration.cluster_helpers import (
-    generate_all,
+    greedy_tokens,
     mixed_prompts,
     start_cluster,
-    token_request,
     wait_until_idle,
     worker_stats,
 )
@@ -39,9 +38,7 @@ def greedy(shape: str, dtype: str, model_cache_dir, prompts: list[list[int]]):
         model="tiny", model_cache_dir=model_cache_dir, dtype=dtype, device="cuda", **SHAPES[shape]
     )
     try:
-        requests = [token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True)
-                    for p in prompts]  # fmt: skip
-        tokens = [c.token_ids for c in generate_all(cluster.address, requests)]
+        tokens = greedy_tokens(cluster.address, prompts, MAX_NEW_TOKENS)
         wait_until_idle(cluster)
         return tokens, worker_stats(cluster)
     finally:

@@ -19,9 +19,8 @@ import torch
 from engine.runner import ModelRunner
 from tests.hf_reference import hf_greedy, runner_greedy
 from tests.integration.cluster_helpers import (
-    generate_all,
+    greedy_tokens,
     start_cluster,
-    token_request,
     wait_until_idle,
 )
 
@@ -146,10 +145,7 @@ def test_cluster_tokens_equal_hf_generate(
         model="smollm2-135m", model_cache_dir=model_cache_dir, kv_cache_mib=384, **shape
     )
     try:
-        requests = [
-            token_request(p, MAX_NEW_TOKENS, temperature=0.0, ignore_eos=True) for p in prompts
-        ]
-        outputs = [completion.token_ids for completion in generate_all(cluster.address, requests)]
+        outputs = greedy_tokens(cluster.address, prompts, MAX_NEW_TOKENS)
         mismatched = [
             i for i, (got, want) in enumerate(zip(outputs, hf_tokens, strict=True)) if got != want
         ]
