@@ -19,58 +19,28 @@ pytestmark = [pytest.mark.gpu, needs_cuda]
 SHM, TCP = TransportBackend.SHM, TransportBackend.TCP
 
 
-@pytest.fixture(scope="module")
-def shm_into_cuda():
-    server = FetchServer(SHM, "cuda")
-    yield server
+# id: (backend, the exporting cache's device, the fetching cache's device)
+CASES = {
+    "shm-cuda-to-cuda": (SHM, "cuda", "cuda"),
+    "shm-cpu-to-cuda": (SHM, "cpu", "cuda"),  # a CPU worker's export into a CUDA worker
+    "shm-cuda-to-cpu": (SHM, "cuda", "cpu"),
+    "tcp-cuda-to-cuda": (TCP, "cuda", "cuda"),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request: pytest.FixtureRequest):
+    """The fetching side's server (one per case), the backend, the exporting device."""
+    backend, src_device, dst_device = CASES[request.param]
+    server = FetchServer(backend, dst_device)
+    yield server, backend, src_device
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def shm_into_cpu():
-    server = FetchServer(SHM, "cpu")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def tcp_into_cuda():
-    server = FetchServer(TCP, "cuda")
-    yield server
-    server.stop()
-
-
-class TestShmCudaToCuda(TransportContract):
+class TestCudaStagedTransports(TransportContract):
     @pytest.fixture
-    def pair(self, shm_into_cuda):
-        pair = SpawnedPair(shm_into_cuda, SHM, "cuda")
-        yield pair
-        pair.close()
-
-
-class TestShmCpuToCuda(TransportContract):
-    """A CPU worker's export fetched into a CUDA worker's cache."""
-
-    @pytest.fixture
-    def pair(self, shm_into_cuda):
-        pair = SpawnedPair(shm_into_cuda, SHM, "cpu")
-        yield pair
-        pair.close()
-
-
-class TestShmCudaToCpu(TransportContract):
-    """A CUDA worker's export fetched into a CPU worker's cache."""
-
-    @pytest.fixture
-    def pair(self, shm_into_cpu):
-        pair = SpawnedPair(shm_into_cpu, SHM, "cuda")
-        yield pair
-        pair.close()
-
-
-class TestTcpCudaToCuda(TransportContract):
-    @pytest.fixture
-    def pair(self, tcp_into_cuda):
-        pair = SpawnedPair(tcp_into_cuda, TCP, "cuda")
+    def pair(self, case):
+        server, backend, src_device = case
+        pair = SpawnedPair(server, backend, src_device)
         yield pair
         pair.close()
