@@ -68,11 +68,12 @@ def _paged_decode_kernel(
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     block_table = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
     head_offs = kv_head * stride_c_head + offs_d * stride_c_dim
+    every_key = offs_g[:, None] >= 0  # [BLOCK_G, 1] all true: one token sees its whole context
     for start_n in range(0, seq_len, BLOCK_N):
         m_i, l_i, acc = online_softmax_block(
-            q, k_cache_ptr, v_cache_ptr, block_table, start_n + offs_n, seq_len,
-            offs_g[:, None] >= 0, head_offs, offs_d, m_i, l_i, acc, qk_scale,
-            stride_c_page, stride_c_slot, HEAD_DIM, PAGE_SIZE, DOT_PRECISION,
+            q, k_cache_ptr, v_cache_ptr, block_table, start_n + offs_n, seq_len, every_key,
+            head_offs, offs_d, m_i, l_i, acc, qk_scale, stride_c_page, stride_c_slot, HEAD_DIM,
+            PAGE_SIZE, DOT_PRECISION,
         )  # fmt: skip
     # A padding row (seq_len 0) has l_i == 0 and acc == 0: dividing by 1 writes zeros.
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
