@@ -71,6 +71,10 @@ bad_request = st.integers(0, 199).flatmap(
 )
 
 
+def _request_id_or_self(case: BadRequest) -> object:
+    return case.request_id or id(case)
+
+
 def draw_batches(num_requests: int) -> list[list[BadRequest]]:
     """Hypothesis-generated batches, derandomized: the same requests on every run."""
     batches: list[list[BadRequest]] = []
@@ -83,7 +87,8 @@ def draw_batches(num_requests: int) -> list[list[BadRequest]]:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(st.lists(bad_request, min_size=BATCH, max_size=BATCH))
+    # Ids unique within a batch: sent together, a repeated one is refused as a duplicate.
+    @given(st.lists(bad_request, min_size=BATCH, max_size=BATCH, unique_by=_request_id_or_self))
     def collect(batch: list[BadRequest]) -> None:
         batches.append(batch)
 

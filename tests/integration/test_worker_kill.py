@@ -52,7 +52,8 @@ PREFILL_KILL = {"num_prefill": 2, "num_decode": 1, "conditional_disaggregation":
 # queue on a prefill worker.
 DECODE_PROMPT_LENS = [12, 20, 33, 40, 48, 57, 64, 80]
 DECODE_MAX_TOKENS = 64
-PREFILL_PROMPT_LENS = [400, 380, 420, 360, 410, 390]
+# Several 512-token chunks each, so the queue outlasts a poll even on a loaded box.
+PREFILL_PROMPT_LENS = [1400, 1300, 1500, 1250, 1450, 1350]
 PREFILL_MAX_TOKENS = 8
 WORKER_FAILURE_REASONS = {"WORKER_LOST", "WORKER_UNAVAILABLE"}
 
@@ -145,15 +146,24 @@ def kill_busiest_decoder_mid_stream(
 def kill_first_busy_prefiller(
     cluster: LiveCluster,
 ) -> tuple[WorkerIdentity, generation_pb2.WorkerInfo]:
-    """SIGKILLs the first prefill worker seen with prompts queued or running."""
+    """SIGKILLs the first prefill worker seen with prompts queued or running (polled over
+    channels opened once: a poll must be quicker than a prefill)."""
+    prefillers = cluster.of_role(Role.PREFILL)
+    channels = [grpc.insecure_channel(victim.address) for victim in prefillers]
+    stubs = [worker_pb2_grpc.WorkerStub(channel) for channel in channels]
     deadline = time.monotonic() + KILL_WAIT_S
-    while time.monotonic() < deadline:
-        for victim in cluster.of_role(Role.PREFILL):
-            info = worker_info(victim)
-            if info.queue_len + info.running > 0:
-                kill(cluster, victim)
-                return victim, info
-        time.sleep(0.005)
+    try:
+        while time.monotonic() < deadline:
+            for victim, stub in zip(prefillers, stubs, strict=True):
+                request = worker_pb2.GetStatsRequest()
+                info = stub.GetStats(request, timeout=STATS_TIMEOUT_S).info
+                if info.queue_len + info.running > 0:
+                    kill(cluster, victim)
+                    return victim, info
+            time.sleep(0.005)
+    finally:
+        for channel in channels:
+            channel.close()
     raise AssertionError(f"no prefill worker had work within {KILL_WAIT_S} s")
 
 
